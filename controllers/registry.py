@@ -1,0 +1,29 @@
+"""The job types geoetl knows. Register a new controller here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controllers.base import JobController
+from controllers.hello_world import HelloWorldController
+
+
+class JobTypeRegistry:
+    def __init__(self, controllers: list[JobController[Any]]) -> None:
+        self._by_type: dict[str, JobController[Any]] = {}
+        for controller in controllers:
+            if controller.job_type in self._by_type:
+                raise ValueError(f"job type {controller.job_type!r} registered twice")
+            if not controller.stages:
+                raise ValueError(f"job type {controller.job_type!r} declares no stages")
+            self._by_type[controller.job_type] = controller
+
+    def get(self, job_type: str) -> JobController[Any] | None:
+        return self._by_type.get(job_type)
+
+    def all(self) -> list[JobController[Any]]:
+        return [self._by_type[name] for name in sorted(self._by_type)]
+
+
+def default_registry() -> JobTypeRegistry:
+    return JobTypeRegistry([HelloWorldController()])

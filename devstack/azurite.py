@@ -1,0 +1,117 @@
+"""Start and stop a real Azurite (npm package ``azurite``) for local runs and tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCOUNT_NAME = "devstoreaccount1"
+# Azurite's well-known development account key (public, documented by Microsoft).
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AzuriteNotInstalledError(RuntimeError):
+    """Raised when node_modules/.bin/azurite is missing (run ``npm ci``)."""
+
+
+def connection_string(blob_port: int = 10000, queue_port: int = 10001, table_port: int = 10002) -> str:
+    return (
+        "DefaultEndpointsProtocol=http;"
+        f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{blob_port}/{ACCOUNT_NAME};"
+        f"QueueEndpoint=http://127.0.0.1:{queue_port}/{ACCOUNT_NAME};"
+        f"TableEndpoint=http://127.0.0.1:{table_port}/{ACCOUNT_NAME};"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def azurite_binary() -> Path:
+    binary = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
+    if binary.exists():
+        return binary
+    found = shutil.which("azurite")
+    if found:
+        return Path(found)
+    raise AzuriteNotInstalledError(f"{binary} not found: run `npm ci` in {PROJECT_ROOT}")
+
+
+@dataclass
+class AzuriteProcess:
+    process: subprocess.Popen[bytes]
+    blob_port: int
+    queue_port: int
+    table_port: int
+
+    @property
+    def connection_string(self) -> str:
+        return connection_string(self.blob_port, self.queue_port, self.table_port)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=timeout)
+
+
+def start_azurite(
+    *,
+    location: Path,
+    blob_port: int | None = None,
+    queue_port: int | None = None,
+    table_port: int | None = None,
+    in_memory: bool = False,
+    log_file: Path | None = None,
+    startup_timeout: float = 30.0,
+) -> AzuriteProcess:
+    """Start Azurite as its own process group and wait until blob and queue ports accept."""
+    blob_port = blob_port or free_port()
+    queue_port = queue_port or free_port()
+    table_port = table_port or free_port()
+    location.mkdir(parents=True, exist_ok=True)
+    args = [
+        str(azurite_binary()),
+        "--silent",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
+        "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
+        "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
+    ]
+    # Azurite refuses --location together with --inMemoryPersistence.
+    args += ["--inMemoryPersistence"] if in_memory else ["--location", str(location)]
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+    process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    handle = AzuriteProcess(process, blob_port, queue_port, table_port)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"azurite exited with code {process.returncode} (log: {log_file})")
+        if port_open(blob_port) and port_open(queue_port):
+            return handle
+        time.sleep(0.1)
+    handle.stop()
+    raise RuntimeError(f"azurite did not open ports {blob_port}/{queue_port} within {startup_timeout}s")

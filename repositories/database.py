@@ -1,0 +1,87 @@
+"""Connection pool and transactions, with driver errors translated at this boundary."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from repositories.engine_repository import EngineRepository
+from schemas.errors import DatabaseUnavailableError, RepositoryError
+
+# SQLSTATE classes worth retrying: connection exceptions, serialization failure, deadlock,
+# lock timeout, too many connections, admin shutdown.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"}
+
+
+def translate_driver_error(exc: Exception) -> RepositoryError:
+    """Map a psycopg/pool exception to our repository error types."""
+    if isinstance(exc, PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError):
+        return DatabaseUnavailableError(f"database unavailable: {exc}")
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
+        return DatabaseUnavailableError(f"database busy ({sqlstate}): {exc}")
+    return RepositoryError(f"database error ({sqlstate}): {exc}")
+
+
+class Database:
+    """A lazily opened psycopg pool whose connections use the app's schema."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self.schema = schema
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout_seconds
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        conn.execute(psycopg.sql.SQL("SET search_path TO {}, public").format(psycopg.sql.Identifier(self.schema)))
+        conn.commit()
+
+    @property
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    timeout=self._timeout,
+                    kwargs={"row_factory": dict_row},
+                    configure=self._configure,
+                    check=ConnectionPool.check_connection,
+                    name=f"geoetl-{self.schema}",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    @contextmanager
+    def transaction(self) -> Iterator[EngineRepository]:
+        """One transaction: commits on success, rolls back on error. Driver errors are translated."""
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                yield EngineRepository(conn)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise translate_driver_error(exc) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+

@@ -1,0 +1,126 @@
+-- geoetl declared schema: what the numbered migrations in ../migrations must produce.
+-- Applied inside the schema named by POSTGRES_SCHEMA (search_path is set by the caller).
+-- tests/integration/test_schema.py proves migrated == declared.
+
+CREATE TABLE jobs (
+    job_id        text        PRIMARY KEY CHECK (job_id ~ '^[0-9a-f]{64}$'),
+    job_type      text        NOT NULL,
+    parameters    jsonb       NOT NULL,
+    status        text        NOT NULL DEFAULT 'queued'
+                  CHECK (status IN ('queued', 'processing', 'completed', 'completed_with_errors', 'failed', 'cancelled')),
+    stage         integer     NOT NULL DEFAULT 1 CHECK (stage >= 1),
+    total_stages  integer     NOT NULL CHECK (total_stages >= 1),
+    result        jsonb,
+    error         text,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    started_at    timestamptz,
+    completed_at  timestamptz
+);
+CREATE INDEX jobs_created_at_idx ON jobs (created_at DESC, job_id DESC);
+CREATE INDEX jobs_status_created_at_idx ON jobs (status, created_at DESC);
+CREATE INDEX jobs_type_created_at_idx ON jobs (job_type, created_at DESC);
+
+-- One row per created stage: the fan-in counter. Its row lock serialises task completions.
+CREATE TABLE stages (
+    job_id           text        NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+    stage            integer     NOT NULL CHECK (stage >= 1),
+    name             text        NOT NULL,
+    status           text        NOT NULL DEFAULT 'processing' CHECK (status IN ('processing', 'completed')),
+    task_count       integer     NOT NULL CHECK (task_count >= 0),
+    completed_count  integer     NOT NULL DEFAULT 0,
+    failed_count     integer     NOT NULL DEFAULT 0,
+    skipped_count    integer     NOT NULL DEFAULT 0,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    completed_at     timestamptz,
+    PRIMARY KEY (job_id, stage),
+    CHECK (completed_count + failed_count + skipped_count <= task_count)
+);
+
+CREATE TABLE tasks (
+    task_id              text        PRIMARY KEY,
+    job_id               text        NOT NULL,
+    stage                integer     NOT NULL,
+    task_key             text        NOT NULL CHECK (task_key ~ '^[a-z0-9][a-z0-9_]{0,127}$'),
+    parameters           jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    predecessor_task_id  text        REFERENCES tasks (task_id) ON DELETE SET NULL,
+    status               text        NOT NULL DEFAULT 'queued'
+                         CHECK (status IN ('queued', 'processing', 'completed', 'failed', 'skipped')),
+    attempts             integer     NOT NULL DEFAULT 0,
+    result               jsonb,
+    error                text,
+    lease_expires_at     timestamptz,
+    -- Queue message id of the delivery holding the lease: its own redelivery may reclaim at once.
+    claimed_by_message   text,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    started_at           timestamptz,
+    completed_at         timestamptz,
+    UNIQUE (job_id, stage, task_key),
+    FOREIGN KEY (job_id, stage) REFERENCES stages (job_id, stage) ON DELETE CASCADE
+);
+CREATE INDEX tasks_job_stage_status_idx ON tasks (job_id, stage, status);
+
+-- Transactional outbox: queue messages written in the same transaction as the state change
+-- that requires them, published after commit, deleted once sent.
+CREATE TABLE outbox (
+    message_id  bigserial   PRIMARY KEY,
+    queue       text        NOT NULL CHECK (queue IN ('jobs', 'tasks')),
+    body        jsonb       NOT NULL,
+    job_id      text        REFERENCES jobs (job_id) ON DELETE CASCADE,
+    visible_at  timestamptz NOT NULL DEFAULT now(),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX outbox_job_id_idx ON outbox (job_id);
+CREATE INDEX outbox_created_at_idx ON outbox (created_at);
+
+-- Fan-in. Finishes one task (completed / failed / skipped) if it is not finished yet and
+-- bumps its stage's counter under the stage row lock. Exactly one call per stage returns
+-- closed_stage = true: the one whose increment made the counters reach task_count.
+-- A duplicate call for a finished task changes nothing and returns changed = false.
+CREATE FUNCTION finish_task(p_task_id text, p_status text, p_result jsonb, p_error text)
+RETURNS TABLE (changed boolean, job_id text, stage integer, task_count integer,
+               completed_count integer, failed_count integer, skipped_count integer, closed_stage boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_job_id text;
+    v_stage integer;
+    v_row stages%ROWTYPE;
+BEGIN
+    IF p_status NOT IN ('completed', 'failed', 'skipped') THEN
+        RAISE EXCEPTION 'finish_task: invalid status %', p_status USING ERRCODE = '22023';
+    END IF;
+
+    UPDATE tasks AS t
+       SET status = p_status, result = p_result, error = p_error,
+           completed_at = now(), updated_at = now(), lease_expires_at = NULL
+     WHERE t.task_id = p_task_id AND t.status IN ('queued', 'processing')
+    RETURNING t.job_id, t.stage INTO v_job_id, v_stage;
+
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT false, t.job_id, t.stage, s.task_count, s.completed_count,
+                            s.failed_count, s.skipped_count, false
+                       FROM tasks AS t JOIN stages AS s USING (job_id, stage)
+                      WHERE t.task_id = p_task_id;
+        RETURN;
+    END IF;
+
+    UPDATE stages AS s
+       SET completed_count = s.completed_count + (p_status = 'completed')::integer,
+           failed_count    = s.failed_count    + (p_status = 'failed')::integer,
+           skipped_count   = s.skipped_count   + (p_status = 'skipped')::integer
+     WHERE s.job_id = v_job_id AND s.stage = v_stage
+    RETURNING s.* INTO v_row;
+
+    IF v_row.completed_count + v_row.failed_count + v_row.skipped_count = v_row.task_count
+       AND v_row.status = 'processing' THEN
+        UPDATE stages AS s SET status = 'completed', completed_at = now()
+         WHERE s.job_id = v_job_id AND s.stage = v_stage;
+        RETURN QUERY SELECT true, v_job_id, v_stage, v_row.task_count, v_row.completed_count,
+                            v_row.failed_count, v_row.skipped_count, true;
+    ELSE
+        RETURN QUERY SELECT true, v_job_id, v_stage, v_row.task_count, v_row.completed_count,
+                            v_row.failed_count, v_row.skipped_count, false;
+    END IF;
+END;
+$$;

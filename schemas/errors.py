@@ -1,0 +1,70 @@
+"""Error types shared by every layer.
+
+Two families:
+- request errors, raised while handling an HTTP call; triggers/http_errors.py maps each to one
+  HTTP status code (one table);
+- task errors, raised by task handlers: ``PermanentTaskError`` fails the task at once (bad input),
+  anything else is transient and retried with backoff up to the job type's attempt limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GeoEtlError(Exception):
+    """Base class of every error geoetl raises on purpose."""
+
+
+# --- request errors -----------------------------------------------------------------------------
+
+
+class RequestError(GeoEtlError):
+    """An error answered to an HTTP caller. ``details`` is JSON-serialisable extra context."""
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidRequestError(RequestError):
+    """Malformed JSON or parameters that fail validation; details lists the fields at fault."""
+
+
+class PayloadTooLargeError(RequestError):
+    """Request body over the MAX_REQUEST_BYTES limit."""
+
+
+class NotFoundError(RequestError):
+    """Unknown job id, job type or other resource."""
+
+
+class ServiceUnavailableError(RequestError):
+    """A dependency (Postgres, Storage) is down; the caller may retry."""
+
+
+# --- repository errors (driver errors translated at the repository boundary) -------------------
+
+
+class RepositoryError(GeoEtlError):
+    """A database error that is not expected to go away by retrying (bad SQL, constraint)."""
+
+
+class DatabaseUnavailableError(RepositoryError):
+    """Connection lost, server down, serialization failure or deadlock: retrying may succeed."""
+
+
+# --- task errors --------------------------------------------------------------------------------
+
+
+class TaskError(GeoEtlError):
+    """Base of errors raised by task handlers on purpose."""
+
+
+class PermanentTaskError(TaskError):
+    """Bad input that will never succeed (corrupt file, missing blob): fail now, do not retry."""
+
+
+class TransientTaskError(TaskError):
+    """A failure that may pass (timeouts, 5xx): retry with backoff."""

@@ -1,0 +1,62 @@
+"""The one settings model. Read once at the edge (function_app.py, CLIs) and passed down."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9]|-[a-z0-9]){1,61}[a-z0-9]?$"
+
+
+class Settings(BaseSettings):
+    """Every app setting the code reads. local.settings.example.json lists them all."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+
+    # Storage (queues, blobs). The Functions host reads the same connection for queue triggers.
+    storage_connection_string: SecretStr = Field(
+        validation_alias=AliasChoices("AzureWebJobsStorage", "AZUREWEBJOBSSTORAGE", "storage_connection_string"),
+    )
+    job_queue: str = Field(default="geospatial-jobs", pattern=QUEUE_NAME_PATTERN)
+    task_queue: str = Field(default="geospatial-tasks", pattern=QUEUE_NAME_PATTERN)
+
+    # Postgres.
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(default=5432, ge=1, le=65535)
+    postgres_db: str = "geoetl"
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr = SecretStr("")
+    postgres_sslmode: str = "prefer"
+    postgres_schema: str = Field(default="geoetl", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=10, ge=1)
+    db_connect_timeout_seconds: int = Field(default=10, ge=1)
+
+    # HTTP API.
+    max_request_bytes: int = Field(default=256 * 1024, ge=1024)
+    job_list_max_limit: int = Field(default=200, ge=1)
+
+    # Task execution.
+    task_max_attempts: int = Field(default=3, ge=1, le=100)
+    task_retry_base_seconds: float = Field(default=1.0, ge=0)
+    task_retry_max_seconds: float = Field(default=60.0, ge=0)
+    task_lease_seconds: int = Field(default=300, ge=5)
+    publish_concurrency: int = Field(default=16, ge=1, le=64)
+
+    log_level: str = "INFO"
+
+    def postgres_conninfo(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.postgres_host,
+            port=self.postgres_port,
+            dbname=self.postgres_db,
+            user=self.postgres_user,
+            password=self.postgres_password.get_secret_value() or None,
+            sslmode=self.postgres_sslmode,
+            connect_timeout=self.db_connect_timeout_seconds,
+            application_name="geoetl",
+        )

@@ -1,0 +1,166 @@
+"""Handles job-queue messages: fan-out of a stage's tasks, and finalisation of a finished job."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from controllers.base import JobController, JobOutcome, TaskSpec
+from controllers.registry import JobTypeRegistry
+from repositories.database import Database
+from repositories.engine_repository import EngineRepository
+from schemas.errors import PermanentTaskError
+from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters
+from schemas.messages import JobAction, JobMessage, TaskMessage
+from services.identifiers import task_id_for
+from services.logging_context import job_logger
+from services.outbox_relay import OutboxRelay
+from services.stage_flow import after_task_finished
+
+logger = logging.getLogger(__name__)
+
+# A duplicate fan-out message republishes outbox rows older than this (the first delivery
+# normally publishes them within milliseconds of its commit).
+STALE_OUTBOX_SECONDS = 10.0
+
+
+class JobOrchestrator:
+    def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay) -> None:
+        self._db = db
+        self._registry = registry
+        self._relay = relay
+
+    def handle(self, message: JobMessage) -> None:
+        if message.action is JobAction.FINALIZE:
+            self.finalize(message.job_id)
+        else:
+            self.create_stage(message.job_id, message.stage)
+
+    # --- fan-out --------------------------------------------------------------------------------
+
+    def create_stage(self, job_id: str, stage: int) -> None:
+        """Insert all tasks of ``stage`` in one transaction, then publish their messages."""
+        log = job_logger(logger, job_id)
+        with self._db.transaction() as repo:
+            job = repo.lock_job(job_id)
+            if job is None:
+                log.error("job message for unknown job; dropped")
+                return
+            if job.status.is_terminal:
+                log.info("job is %s; stage %d message dropped", job.status, stage)
+                return
+            if job.stage != stage:
+                log.info("stale message for stage %d (job is at stage %d); dropped", stage, job.stage)
+                return
+            outbox = self._fan_out(repo, job, stage, log)
+        self._relay.publish(outbox)
+
+    def _fan_out(
+        self, repo: EngineRepository, job: JobRecord, stage: int, log: logging.LoggerAdapter[logging.Logger]
+    ) -> list[OutboxMessage]:
+        controller = self._registry.get(job.job_type)
+        if controller is None:
+            repo.fail_job(job.job_id, f"unknown job type {job.job_type!r}")
+            return []
+        try:
+            params = controller.parse_parameters(job.parameters)
+            previous = repo.completed_results_of_stage(job.job_id, stage - 1) if stage > 1 else {}
+            specs = controller.create_tasks(stage, params, previous)
+            tasks = build_tasks(job.job_id, stage, specs, previous_keys=set(previous))
+        except (PermanentTaskError, ValidationError, ValueError) as exc:
+            reason = f"stage {stage} ({controller.stage(stage).name}) could not be planned: {exc}"
+            repo.fail_job(job.job_id, reason)
+            log.error("job failed: %s", reason)
+            return []
+        if not repo.insert_stage(job.job_id, stage, controller.stage(stage).name, len(tasks)):
+            # A duplicate delivery: the stage exists. Resend whatever its first delivery left unsent.
+            pending = repo.pending_outbox_of_job(job.job_id, STALE_OUTBOX_SECONDS)
+            log.info("stage %d already created; %d unsent outbox messages to republish", stage, len(pending))
+            return pending
+        repo.mark_job_processing(job.job_id)
+        repo.insert_tasks(tasks)
+        log.info("stage %d (%s): created %d tasks", stage, controller.stage(stage).name, len(tasks))
+        if not tasks:
+            empty = StageCounters(True, job.job_id, stage, 0, 0, 0, 0, closed_stage=True)
+            return after_task_finished(repo, controller, params, empty)
+        bodies = [TaskMessage(task_id=t.task_id, job_id=job.job_id).model_dump() for t in tasks]
+        return repo.add_outbox_messages("tasks", bodies, job.job_id)
+
+    # --- fan-in: finalisation -------------------------------------------------------------------
+
+    def finalize(self, job_id: str) -> None:
+        """Run the job type's finalizer once every stage is complete; exactly one call completes the job."""
+        log = job_logger(logger, job_id)
+        with self._db.transaction() as repo:
+            job = repo.lock_job(job_id)
+            if job is None or job.status is not JobStatus.PROCESSING:
+                log.info("finalize: job is %s; nothing to do", job.status if job else "unknown")
+                return
+            controller = self._registry.get(job.job_type)
+            if controller is None:
+                repo.fail_job(job_id, f"unknown job type {job.job_type!r}")
+                return
+            stages = repo.list_stages(job_id)
+            if len(stages) != controller.total_stages or any(s.status != "completed" for s in stages):
+                log.warning("finalize message before all stages completed; ignored")
+                return
+            outcome = collect_outcome(repo, controller, job_id)
+            try:
+                result = controller.finalize(controller.parse_parameters(job.parameters), outcome)
+            except (PermanentTaskError, ValidationError, ValueError, KeyError) as exc:
+                repo.fail_job(job_id, f"finalizer failed: {exc}")
+                log.error("finalizer failed: %s", exc)
+                return
+            status = JobStatus.COMPLETED
+            error = None
+            if outcome.failed_count:
+                status = JobStatus.COMPLETED_WITH_ERRORS
+                summary = error_summary(outcome)
+                result = {**result, "errors": summary}
+                error = f"{summary['failed_tasks']} task(s) failed within the allowed ratio"
+            repo.complete_job(job_id, status, result, error)
+            log.info("job %s", status)
+
+
+def build_tasks(job_id: str, stage: int, specs: list[TaskSpec], previous_keys: set[str]) -> list[NewTask]:
+    """Turn specs into rows; keys must be unique and lineage must point at a completed predecessor."""
+    seen: set[str] = set()
+    tasks: list[NewTask] = []
+    for spec in specs:
+        if spec.key in seen:
+            raise ValueError(f"duplicate task key {spec.key!r}")
+        seen.add(spec.key)
+        predecessor = None
+        if spec.depends_on_predecessor:
+            if stage == 1 or spec.key not in previous_keys:
+                raise ValueError(f"task {spec.key!r} depends on a predecessor that did not complete")
+            predecessor = task_id_for(job_id, stage - 1, spec.key)
+        tasks.append(NewTask(task_id_for(job_id, stage, spec.key), job_id, stage, spec.key, spec.parameters, predecessor))
+    return tasks
+
+
+def collect_outcome(repo: EngineRepository, controller: JobController[Any], job_id: str) -> JobOutcome:
+    results: dict[str, dict[str, dict[str, Any]]] = {s.name: {} for s in controller.stages}
+    failed: dict[str, dict[str, str]] = {s.name: {} for s in controller.stages}
+    for row in repo.task_outcomes_of_job(job_id):
+        name = controller.stage(row["stage"]).name
+        if row["status"] == "completed":
+            results[name][row["task_key"]] = row["result"] or {}
+        elif row["status"] == "failed":
+            failed[name][row["task_key"]] = row["error"] or "failed"
+    return JobOutcome(results_by_stage=results, failed_by_stage=failed)
+
+
+def error_summary(outcome: JobOutcome, examples: int = 5) -> dict[str, Any]:
+    first = [
+        {"stage": stage, "task_key": key, "error": error}
+        for stage, errors in outcome.failed_by_stage.items()
+        for key, error in sorted(errors.items())
+    ][:examples]
+    return {
+        "failed_tasks": outcome.failed_count,
+        "failed_by_stage": {stage: len(errors) for stage, errors in outcome.failed_by_stage.items() if errors},
+        "first_errors": first,
+    }

@@ -1,0 +1,206 @@
+"""Job submission and the read side of the HTTP API."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from controllers.registry import JobTypeRegistry
+from repositories.database import Database
+from schemas.errors import InvalidRequestError, NotFoundError
+from schemas.jobs import JobRecord, JobStatus, TaskRecord, TaskStatus
+from schemas.messages import JobAction, JobMessage
+from services.identifiers import job_id_for
+from services.job_progress import compute_progress
+from services.logging_context import job_logger
+from services.outbox_relay import OutboxRelay
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: JobRecord
+    created: bool
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """pydantic errors as [{field, message, type}] for 400 responses."""
+    return [
+        {
+            "field": prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".") or "body",
+            "message": err["msg"],
+            "type": err["type"],
+        }
+        for err in exc.errors(include_url=False)
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def encode_cursor(parts: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(parts, dict) or set(parts) != set(keys):
+            raise ValueError("unexpected cursor content")
+        return parts
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(
+            "invalid cursor", details=[{"field": "cursor", "message": "not a cursor returned by this API"}]
+        ) from exc
+
+
+class JobService:
+    def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay, *, max_list_limit: int) -> None:
+        self._db = db
+        self._registry = registry
+        self._relay = relay
+        self._max_list_limit = max_list_limit
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def submit(self, job_type: str, raw_parameters: Any) -> Submission:
+        """Validate, derive the id, insert and queue stage 1. Resubmitting returns the existing job."""
+        controller = self._registry.get(job_type)
+        if controller is None:
+            known = ", ".join(c.job_type for c in self._registry.all())
+            raise NotFoundError(f"unknown job type {job_type!r}; known types: {known}")
+        if not isinstance(raw_parameters, dict):
+            raise InvalidRequestError(
+                "parameters must be a JSON object", details=[{"field": "body", "message": "expected a JSON object"}]
+            )
+        try:
+            params = controller.parse_parameters(raw_parameters)
+        except ValidationError as exc:
+            raise InvalidRequestError("invalid parameters", details=field_errors(exc)) from exc
+        canonical = params.model_dump(mode="json")
+        job_id = job_id_for(job_type, canonical)
+        with self._db.transaction() as repo:
+            job = repo.insert_job(job_id, job_type, canonical, controller.total_stages)
+            if job is None:
+                existing = repo.get_job(job_id)
+                assert existing is not None  # inserted rows are never deleted by the engine
+                return Submission(existing, created=False)
+            first = JobMessage(job_id=job_id, stage=1, action=JobAction.CREATE_STAGE)
+            outbox = repo.add_outbox_messages("jobs", [first.model_dump(mode="json")], job_id)
+        self._relay.publish(outbox)
+        job_logger(logger, job_id).info("job submitted: %s", job_type)
+        return Submission(job, created=True)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def job_status(self, job_id: str) -> dict[str, Any]:
+        with self._db.transaction() as repo:
+            job = repo.get_job(job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} not found")
+            stages = repo.list_stages(job_id)
+            counts = repo.task_counts_of_job(job_id)
+            timing = repo.job_timing(job_id)
+        controller = self._registry.get(job.job_type)
+        names = [s.name for s in controller.stages] if controller else [f"stage_{i}" for i in range(1, job.total_stages + 1)]
+        progress = compute_progress(job, names, stages, counts, timing["first_started_at"], datetime.now(UTC))
+        return {**job_summary(job), "progress": progress, "result": job.result}
+
+    def list_jobs(self, *, status: str | None, job_type: str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+        details = []
+        if status is not None and status not in {s.value for s in JobStatus}:
+            details.append({"field": "status", "message": f"must be one of {[s.value for s in JobStatus]}"})
+        limit = self._check_limit(limit, details)
+        if details:
+            raise InvalidRequestError("invalid query parameters", details=details)
+        after = None
+        if cursor:
+            parts = decode_cursor(cursor, ("created_at", "job_id"))
+            after = (datetime.fromisoformat(parts["created_at"]), str(parts["job_id"]))
+        with self._db.transaction() as repo:
+            jobs = repo.list_jobs(status=status, job_type=job_type, after=after, limit=limit + 1)
+        next_cursor = None
+        if len(jobs) > limit:
+            jobs = jobs[:limit]
+            next_cursor = encode_cursor({"created_at": jobs[-1].created_at.isoformat(), "job_id": jobs[-1].job_id})
+        return {"jobs": [job_summary(j) for j in jobs], "next_cursor": next_cursor}
+
+    def list_tasks(
+        self, job_id: str, *, stage: int | None, status: str | None, limit: int | None, cursor: str | None
+    ) -> dict[str, Any]:
+        details = []
+        if status is not None and status not in {s.value for s in TaskStatus}:
+            details.append({"field": "status", "message": f"must be one of {[s.value for s in TaskStatus]}"})
+        limit = self._check_limit(limit, details)
+        if details:
+            raise InvalidRequestError("invalid query parameters", details=details)
+        after = str(decode_cursor(cursor, ("task_id",))["task_id"]) if cursor else None
+        with self._db.transaction() as repo:
+            if repo.get_job(job_id) is None:
+                raise NotFoundError(f"job {job_id} not found")
+            tasks = repo.list_tasks(job_id, stage=stage, status=status, after_task_id=after, limit=limit + 1)
+        next_cursor = None
+        if len(tasks) > limit:
+            tasks = tasks[:limit]
+            next_cursor = encode_cursor({"task_id": tasks[-1].task_id})
+        return {"job_id": job_id, "tasks": [task_summary(t) for t in tasks], "next_cursor": next_cursor}
+
+    def job_types(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "job_type": c.job_type,
+                "description": c.description,
+                "stages": [s.name for s in c.stages],
+                "parameters_schema": c.parameters_model.model_json_schema(),
+            }
+            for c in self._registry.all()
+        ]
+
+    def _check_limit(self, limit: int | None, details: list[dict[str, Any]]) -> int:
+        if limit is None:
+            return min(50, self._max_list_limit)
+        if not 1 <= limit <= self._max_list_limit:
+            details.append({"field": "limit", "message": f"must be between 1 and {self._max_list_limit}"})
+        return limit
+
+
+def job_summary(job: JobRecord) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "job_type": job.job_type,
+        "status": str(job.status),
+        "stage": job.stage,
+        "total_stages": job.total_stages,
+        "parameters": job.parameters,
+        "error": job.error,
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
+    }
+
+
+def task_summary(task: TaskRecord) -> dict[str, Any]:
+    return {
+        "task_id": task.task_id,
+        "stage": task.stage,
+        "task_key": task.task_key,
+        "status": str(task.status),
+        "attempts": task.attempts,
+        "parameters": task.parameters,
+        "predecessor_task_id": task.predecessor_task_id,
+        "result": task.result,
+        "error": task.error,
+        "created_at": _iso(task.created_at),
+        "started_at": _iso(task.started_at),
+        "completed_at": _iso(task.completed_at),
+    }

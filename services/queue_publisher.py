@@ -1,0 +1,101 @@
+"""Sends JSON messages to the engine's Storage queues, base64-encoded like the Functions host expects."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from azure.core.exceptions import ResourceExistsError
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    queue: str  # logical queue: "jobs" | "tasks"
+    body: dict[str, Any]
+    delay_seconds: float = 0.0
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    """Compact JSON text; the client's encode policy base64-encodes it on the wire."""
+    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+
+
+class QueuePublisher:
+    """One QueueClient per logical queue, created (and the queue with it) on first use."""
+
+    def __init__(self, connection_string: str, queue_names: dict[str, str], *, concurrency: int = 16) -> None:
+        self._connection_string = connection_string
+        self._queue_names = dict(queue_names)
+        self._concurrency = concurrency
+        self._clients: dict[str, QueueClient] = {}
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=concurrency * 2)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._transport = RequestsTransport(session=session, session_owner=False)
+
+    def queue_name(self, queue: str) -> str:
+        return self._queue_names[queue]
+
+    def client(self, queue: str) -> QueueClient:
+        with self._lock:
+            client = self._clients.get(queue)
+            if client is None:
+                client = QueueClient.from_connection_string(
+                    self._connection_string,
+                    self._queue_names[queue],
+                    message_encode_policy=TextBase64EncodePolicy(),
+                    transport=self._transport,
+                    retry_total=3,
+                    retry_backoff_factor=0.4,
+                    connection_timeout=10,
+                    read_timeout=30,
+                )
+                try:
+                    client.create_queue()
+                except ResourceExistsError:
+                    pass
+                self._clients[queue] = client
+            return client
+
+    def send(self, message: OutgoingMessage) -> None:
+        delay = max(0, round(message.delay_seconds)) or None
+        self.client(message.queue).send_message(encode_body(message.body), visibility_timeout=delay)
+
+    def send_many(self, messages: Sequence[OutgoingMessage]) -> list[bool]:
+        """Send concurrently; returns per-message success (failures are logged, not raised)."""
+        if not messages:
+            return []
+        if len(messages) == 1:
+            return [self._try_send(messages[0])]
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._concurrency, thread_name_prefix="queue-publisher")
+            executor = self._executor
+        return list(executor.map(self._try_send, messages))
+
+    def _try_send(self, message: OutgoingMessage) -> bool:
+        try:
+            self.send(message)
+            return True
+        except Exception:
+            logger.exception("could not send message to %s queue", message.queue, extra={"body": message.body})
+            return False
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        for client in self._clients.values():
+            client.close()

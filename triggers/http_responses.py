@@ -1,0 +1,82 @@
+"""JSON responses, and the one table that maps error types to HTTP status codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import azure.functions as func
+
+from schemas.errors import (
+    DatabaseUnavailableError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RepositoryError,
+    RequestError,
+    ServiceUnavailableError,
+)
+
+logger = logging.getLogger(__name__)
+
+# The one table: most specific type first.
+STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidRequestError, 400),
+    (NotFoundError, 404),
+    (PayloadTooLargeError, 413),
+    (ServiceUnavailableError, 503),
+    (DatabaseUnavailableError, 503),
+    (RepositoryError, 500),
+)
+
+
+def status_code_for(exc: Exception) -> int:
+    for error_type, code in STATUS_CODES:
+        if isinstance(exc, error_type):
+            return code
+    return 500
+
+
+def json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(payload, default=str),
+        status_code=status_code,
+        mimetype="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def error_response(exc: Exception) -> func.HttpResponse:
+    code = status_code_for(exc)
+    if isinstance(exc, RequestError):
+        body: dict[str, Any] = {"error": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+    elif code == 503:
+        body = {"error": "a dependency is unavailable; retry later"}
+    else:
+        body = {"error": "internal server error"}
+    headers = {"Retry-After": "5"} if code == 503 else None
+    return json_response(body, code, headers)
+
+
+HttpHandler = Callable[[func.HttpRequest], func.HttpResponse]
+
+
+def json_errors(handler: HttpHandler) -> HttpHandler:
+    """Turn raised errors into JSON responses via STATUS_CODES; log unexpected ones."""
+
+    @wraps(handler)
+    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            return handler(req)
+        except Exception as exc:
+            if status_code_for(exc) >= 500:
+                logger.exception("%s %s failed", req.method, req.url)
+            return error_response(exc)
+
+    return wrapper
