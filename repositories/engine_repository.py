@@ -147,8 +147,11 @@ class EngineRepository:
     def task_outcomes_of_job(self, job_id: str) -> list[dict[str, Any]]:
         return self._all("task_outcomes_of_job", {"job_id": job_id})
 
-    def claim_task(self, task_id: str, lease_seconds: int, message_id: str) -> ClaimedTask | None:
-        row = self._one("claim_task", {"task_id": task_id, "lease_seconds": lease_seconds, "message_id": message_id})
+    def claim_task(self, task_id: str, lease_seconds: int, message_id: str, dequeue_count: int) -> ClaimedTask | None:
+        row = self._one(
+            "claim_task",
+            {"task_id": task_id, "lease_seconds": lease_seconds, "message_id": message_id, "dequeue_count": dequeue_count},
+        )
         if row is None:
             return None
         extra = {k: row.pop(k) for k in _CLAIM_EXTRA_COLUMNS}

@@ -86,6 +86,7 @@ class TaskRecord:
     error: str | None
     lease_expires_at: datetime | None
     claimed_by_message: str | None
+    claimed_dequeue_count: int | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -70,7 +70,7 @@ def result_problem(result: object) -> str | None:
 _record_retry = retry(
     retry=retry_if_exception_type(DatabaseUnavailableError),
     stop=stop_after_attempt(6),
-    wait=wait_exponential_jitter(initial=0.2, max=5.0),
+    wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
     reraise=True,
 )
 
@@ -85,7 +85,7 @@ class TaskRunner:
     def handle(self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1) -> None:
         log = job_logger(logger, message.job_id, message.task_id)
         with self._db.transaction() as repo:
-            claimed = repo.claim_task(message.task_id, self._options.lease_seconds, message_id)
+            claimed = repo.claim_task(message.task_id, self._options.lease_seconds, message_id, dequeue_count)
             state = None if claimed else repo.describe_task_state(message.task_id)
         if claimed is None:
             if state is None:

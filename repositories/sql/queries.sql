@@ -91,18 +91,20 @@ SELECT stage, task_key, status, result, error FROM tasks
 -- name: claim_task
 -- Takes a lease on a queued task, or on a processing one whose holder's lease lapsed
 -- (crashed instance), or on one leased by an earlier delivery of this same queue message
--- (the message came back because that delivery died). Returns nothing when the task is
--- finished, leased by another live delivery, or its job is not processing.
+-- (it came back with a higher dequeue count: that delivery died). Returns nothing when the
+-- task is finished, leased by another live delivery, or its job is not processing.
 WITH claimed AS (
     UPDATE tasks AS t
        SET status = 'processing', attempts = t.attempts + 1, started_at = now(), updated_at = now(),
            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-           claimed_by_message = %(message_id)s
+           claimed_by_message = %(message_id)s, claimed_dequeue_count = %(dequeue_count)s
       FROM jobs AS j
      WHERE t.task_id = %(task_id)s AND j.job_id = t.job_id AND j.status = 'processing'
        AND (t.status = 'queued'
             OR (t.status = 'processing'
-                AND (t.lease_expires_at < now() OR t.claimed_by_message = %(message_id)s)))
+                AND (t.lease_expires_at < now()
+                     OR (t.claimed_by_message = %(message_id)s
+                         AND t.claimed_dequeue_count < %(dequeue_count)s))))
     RETURNING t.*, j.job_type, j.parameters AS job_parameters
 )
 SELECT c.*, p.result AS predecessor_result

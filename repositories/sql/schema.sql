@@ -50,8 +50,10 @@ CREATE TABLE tasks (
     result               jsonb,
     error                text,
     lease_expires_at     timestamptz,
-    -- Queue message id of the delivery holding the lease: its own redelivery may reclaim at once.
+    -- The queue delivery holding the lease (message id, dequeue count). A later delivery of the
+    -- same message (higher dequeue count: the holder's message lease lapsed) may reclaim at once.
     claimed_by_message   text,
+    claimed_dequeue_count integer,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     started_at           timestamptz,
