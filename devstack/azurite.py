@@ -97,9 +97,18 @@ def start_azurite(
         "--disableTelemetry",
         "--skipApiVersionCheck",
         "--loose",
-        "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
-        "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
-        "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(blob_port),
+        "--queueHost",
+        "127.0.0.1",
+        "--queuePort",
+        str(queue_port),
+        "--tableHost",
+        "127.0.0.1",
+        "--tablePort",
+        str(table_port),
     ]
     # Azurite refuses --location together with --inMemoryPersistence.
     args += ["--inMemoryPersistence"] if in_memory else ["--location", str(location)]

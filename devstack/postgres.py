@@ -85,13 +85,17 @@ def start_local_server(server: PostgresServer, datadir: Path, log_file: Path) ->
         datadir.chmod(0o700)
     if not (datadir / "PG_VERSION").exists():
         subprocess.run(
-            _as_service_user([str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", server.user, "-E", "UTF8"]),
+            _as_service_user(
+                [str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", server.user, "-E", "UTF8"]
+            ),
             check=True,
             stdout=subprocess.DEVNULL,
         )
     options = f"-p {server.port} -k {datadir} -c listen_addresses={server.host}"
     subprocess.run(
-        _as_service_user([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log_file), "-o", options, "-w", "start"]),
+        _as_service_user(
+            [str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log_file), "-o", options, "-w", "start"]
+        ),
         check=True,
         stdout=subprocess.DEVNULL,
     )

@@ -84,4 +84,3 @@ class Database:
             if self._pool is not None:
                 self._pool.close()
                 self._pool = None
-

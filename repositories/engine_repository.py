@@ -39,11 +39,11 @@ class EngineRepository:
         self._conn = conn
 
     def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        row: dict[str, Any] | None = self._conn.execute(query(name), params).fetchone()  # type: ignore[assignment]
+        row: dict[str, Any] | None = self._conn.execute(query(name), params).fetchone()
         return row
 
     def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self._conn.execute(query(name), params).fetchall()  # type: ignore[assignment]
+        rows: list[dict[str, Any]] = self._conn.execute(query(name), params).fetchall()
         return rows
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -114,9 +114,10 @@ class EngineRepository:
 
     def insert_stage(self, job_id: str, stage: int, name: str, task_count: int) -> bool:
         """Create the stage row; False if it already exists (a duplicate fan-out)."""
-        return self._one(
-            "insert_stage", {"job_id": job_id, "stage": stage, "name": name, "task_count": task_count}
-        ) is not None
+        return (
+            self._one("insert_stage", {"job_id": job_id, "stage": stage, "name": name, "task_count": task_count})
+            is not None
+        )
 
     def list_stages(self, job_id: str) -> list[StageRecord]:
         return [StageRecord.from_row(r) for r in self._all("list_stages", {"job_id": job_id})]
@@ -150,7 +151,12 @@ class EngineRepository:
     def claim_task(self, task_id: str, lease_seconds: int, message_id: str, dequeue_count: int) -> ClaimedTask | None:
         row = self._one(
             "claim_task",
-            {"task_id": task_id, "lease_seconds": lease_seconds, "message_id": message_id, "dequeue_count": dequeue_count},
+            {
+                "task_id": task_id,
+                "lease_seconds": lease_seconds,
+                "message_id": message_id,
+                "dequeue_count": dequeue_count,
+            },
         )
         if row is None:
             return None
@@ -211,10 +217,7 @@ class EngineRepository:
         with self._conn.cursor() as cur:
             cur.executemany(
                 query("insert_outbox"),
-                [
-                    {"queue": queue, "body": Jsonb(b), "job_id": job_id, "delay_seconds": delay_seconds}
-                    for b in bodies
-                ],
+                [{"queue": queue, "body": Jsonb(b), "job_id": job_id, "delay_seconds": delay_seconds} for b in bodies],
                 returning=True,
             )
             messages: list[OutboxMessage] = []

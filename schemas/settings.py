@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9]|-[a-z0-9]){1,61}[a-z0-9]?$"
 

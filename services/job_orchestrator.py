@@ -137,7 +137,9 @@ def build_tasks(job_id: str, stage: int, specs: list[TaskSpec], previous_keys: s
             if stage == 1 or spec.key not in previous_keys:
                 raise ValueError(f"task {spec.key!r} depends on a predecessor that did not complete")
             predecessor = task_id_for(job_id, stage - 1, spec.key)
-        tasks.append(NewTask(task_id_for(job_id, stage, spec.key), job_id, stage, spec.key, spec.parameters, predecessor))
+        tasks.append(
+            NewTask(task_id_for(job_id, stage, spec.key), job_id, stage, spec.key, spec.parameters, predecessor)
+        )
     return tasks
 
 

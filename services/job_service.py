@@ -111,11 +111,17 @@ class JobService:
             counts = repo.task_counts_of_job(job_id)
             timing = repo.job_timing(job_id)
         controller = self._registry.get(job.job_type)
-        names = [s.name for s in controller.stages] if controller else [f"stage_{i}" for i in range(1, job.total_stages + 1)]
+        names = (
+            [s.name for s in controller.stages]
+            if controller
+            else [f"stage_{i}" for i in range(1, job.total_stages + 1)]
+        )
         progress = compute_progress(job, names, stages, counts, timing["first_started_at"], datetime.now(UTC))
         return {**job_summary(job), "progress": progress, "result": job.result}
 
-    def list_jobs(self, *, status: str | None, job_type: str | None, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    def list_jobs(
+        self, *, status: str | None, job_type: str | None, limit: int | None, cursor: str | None
+    ) -> dict[str, Any]:
         details = []
         if status is not None and status not in {s.value for s in JobStatus}:
             details.append({"field": "status", "message": f"must be one of {[s.value for s in JobStatus]}"})

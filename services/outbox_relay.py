@@ -27,14 +27,14 @@ class OutboxRelay:
         if not messages:
             return 0
         now = datetime.now(UTC)
-        outgoing = [
-            OutgoingMessage(m.queue, m.body, max(0.0, (m.visible_at - now).total_seconds())) for m in messages
-        ]
+        outgoing = [OutgoingMessage(m.queue, m.body, max(0.0, (m.visible_at - now).total_seconds())) for m in messages]
         sent = self._publisher.send_many(outgoing)
         sent_ids = [m.message_id for m, ok in zip(messages, sent, strict=True) if ok]
         if sent_ids:
             with self._db.transaction() as repo:
                 repo.delete_outbox(sent_ids)
         if len(sent_ids) < len(messages):
-            logger.warning("outbox: %d of %d messages not sent, kept for retry", len(messages) - len(sent_ids), len(messages))
+            logger.warning(
+                "outbox: %d of %d messages not sent, kept for retry", len(messages) - len(sent_ids), len(messages)
+            )
         return len(sent_ids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -63,10 +64,8 @@ class QueuePublisher:
                     connection_timeout=10,
                     read_timeout=30,
                 )
-                try:
+                with contextlib.suppress(ResourceExistsError):
                     client.create_queue()
-                except ResourceExistsError:
-                    pass
                 self._clients[queue] = client
             return client
 

@@ -52,9 +52,7 @@ def after_task_finished(
     return []
 
 
-def close_stage(
-    repo: EngineRepository, controller: JobController[Any], job_id: str, stage: int
-) -> list[OutboxMessage]:
+def close_stage(repo: EngineRepository, controller: JobController[Any], job_id: str, stage: int) -> list[OutboxMessage]:
     """The stage is complete: queue the next stage's fan-out, or the finalizer after the last."""
     log = job_logger(logger, job_id)
     if stage < controller.total_stages:

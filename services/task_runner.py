@@ -93,7 +93,9 @@ class TaskRunner:
             else:
                 log.info(
                     "task not claimable (task %s, job %s, lease live: %s); duplicate or stale delivery dropped",
-                    state["status"], state["job_status"], state["lease_live"],
+                    state["status"],
+                    state["job_status"],
+                    state["lease_live"],
                 )
             return
         log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, dequeue_count)
@@ -145,7 +147,9 @@ class TaskRunner:
         if claimed.task.attempts >= limit:
             log.warning("task failed after %d attempts: %s", claimed.task.attempts, error)
             return self._finish(claimed, TaskStatus.FAILED, None, error)
-        delay = retry_delay_seconds(claimed.task.attempts, self._options.retry_base_seconds, self._options.retry_max_seconds)
+        delay = retry_delay_seconds(
+            claimed.task.attempts, self._options.retry_base_seconds, self._options.retry_max_seconds
+        )
         log.warning("task attempt %d failed, retrying in %.1fs: %s", claimed.task.attempts, delay, error)
         return self._release_for_retry(claimed, error, delay)
 

@@ -38,7 +38,9 @@ def test_hello_world_50_completes_across_three_workers(host: RunningHost, api_se
     assert status["stage"] == status["total_stages"] == 2
     assert [s["tasks"]["completed"] for s in status["progress"]["stages"]] == [50, 50]
     # Each task ran once; no outbox message left behind.
-    assert sql(api_settings, "SELECT count(*), max(attempts) FROM tasks WHERE job_id = %s", (submitted["job_id"],)) == [(100, 1)]
+    assert sql(api_settings, "SELECT count(*), max(attempts) FROM tasks WHERE job_id = %s", (submitted["job_id"],)) == [
+        (100, 1)
+    ]
     assert sql(api_settings, "SELECT count(*) FROM outbox") == [(0,)]
 
     code, again = host.request("POST", "/jobs/hello_world", {"message": "e2e", "n": 50})

@@ -54,7 +54,8 @@ def test_hello_world_fans_out_and_in_with_lineage(container: ServiceContainer, s
     # Lineage: every reply task points at the greet task with the same key and read its greeting.
     rows = sql(
         settings,
-        "SELECT r.task_key, r.predecessor_task_id = g.task_id, r.result->>'reply' LIKE '%%' || (g.result->>'greeting') || '%%'"
+        "SELECT r.task_key, r.predecessor_task_id = g.task_id,"
+        " r.result->>'reply' LIKE '%%' || (g.result->>'greeting') || '%%'"
         " FROM tasks r JOIN tasks g ON g.job_id = r.job_id AND g.stage = 1 AND g.task_key = r.task_key"
         " WHERE r.stage = 2",
     )
@@ -69,7 +70,9 @@ def test_hello_world_fans_out_and_in_with_lineage(container: ServiceContainer, s
 def test_every_message_delivered_twice_gives_the_same_end_state(
     container: ServiceContainer, settings: Settings, concurrent: bool
 ) -> None:
-    status = run_job(container, {"n": 30, "message": f"dup-{concurrent}"}, duplicate=True, concurrent_duplicates=concurrent)
+    status = run_job(
+        container, {"n": 30, "message": f"dup-{concurrent}"}, duplicate=True, concurrent_duplicates=concurrent
+    )
     assert status["status"] == "completed"
     assert len(status["result"]["replies"]) == 30
     job_id = status["job_id"]
@@ -77,7 +80,9 @@ def test_every_message_delivered_twice_gives_the_same_end_state(
     assert sql(settings, "SELECT count(*), max(attempts), min(attempts) FROM tasks WHERE job_id = %s", (job_id,)) == [
         (60, 1, 1)
     ]
-    assert sql(settings, "SELECT stage, completed_count, status FROM stages WHERE job_id = %s ORDER BY stage", (job_id,)) == [
+    assert sql(
+        settings, "SELECT stage, completed_count, status FROM stages WHERE job_id = %s ORDER BY stage", (job_id,)
+    ) == [
         (1, 30, "completed"),
         (2, 30, "completed"),
     ]
@@ -183,17 +188,27 @@ def test_a_stage_with_zero_tasks_advances_immediately(settings: Settings) -> Non
     assert [s["task_count"] for s in status["progress"]["stages"]] == [3, 0, 3]
 
 
-def test_failing_tasks_are_retried_then_fail_the_job_with_a_reason(container: ServiceContainer, settings: Settings) -> None:
+def test_failing_tasks_are_retried_then_fail_the_job_with_a_reason(
+    container: ServiceContainer, settings: Settings
+) -> None:
     status = run_job(container, {"n": 10, "fail_ratio": 0.3})
     assert status["status"] == "failed"
     assert "stage 1 (greet)" in status["error"] and "fails on purpose" in status["error"]
     failed = sql(
-        settings, "SELECT task_key, attempts, error FROM tasks WHERE job_id = %s AND status = 'failed'", (status["job_id"],)
+        settings,
+        "SELECT task_key, attempts, error FROM tasks WHERE job_id = %s AND status = 'failed'",
+        (status["job_id"],),
     )
     assert failed, "at least one task failed"
-    assert all(attempts == settings.task_max_attempts and "InjectedFailureError" in error for _, attempts, error in failed)
+    assert all(
+        attempts == settings.task_max_attempts and "InjectedFailureError" in error for _, attempts, error in failed
+    )
     # No task of a failed job is left queued or processing, and stage 2 was never created.
-    assert sql(settings, "SELECT count(*) FROM tasks WHERE job_id = %s AND status IN ('queued', 'processing')", (status["job_id"],)) == [(0,)]
+    assert sql(
+        settings,
+        "SELECT count(*) FROM tasks WHERE job_id = %s AND status IN ('queued', 'processing')",
+        (status["job_id"],),
+    ) == [(0,)]
     assert sql(settings, "SELECT count(*) FROM stages WHERE job_id = %s AND stage = 2", (status["job_id"],)) == [(0,)]
 
 

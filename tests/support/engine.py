@@ -8,6 +8,7 @@ to prove idempotency. It stands in for the Functions host where a test needs to 
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import threading
 import time
@@ -41,7 +42,7 @@ def make_settings(connection_string: str, database: str, **overrides: Any) -> Se
         "task_retry_max_seconds": 0.2,
         **overrides,
     }
-    settings = Settings(**values)
+    settings = Settings.model_validate(values)
     apply_migrations(settings.postgres_conninfo(), settings.postgres_schema)
     return settings
 
@@ -59,10 +60,8 @@ def sql(settings: Settings, statement: str, params: Any = None) -> list[tuple[An
 
 def queue_client(settings: Settings, name: str) -> QueueClient:
     client = QueueClient.from_connection_string(settings.storage_connection_string.get_secret_value(), name)
-    try:
+    with contextlib.suppress(ResourceExistsError):
         client.create_queue()
-    except ResourceExistsError:
-        pass
     return client
 
 

@@ -82,19 +82,30 @@ class RunningHost:
         return self.process.returncode
 
 
-def start_host(settings: Settings, workers: int, log_path: Path, extra_env: dict[str, str] | None = None) -> RunningHost:
+def start_host(
+    settings: Settings, workers: int, log_path: Path, extra_env: dict[str, str] | None = None
+) -> RunningHost:
     port = free_port()
     env = {**os.environ, **settings_environment(settings), **(extra_env or {})}
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the child process
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "local_host", "start",
-            "--app-dir", str(PROJECT_ROOT),
-            "--workers", str(workers),
-            "--port", str(port),
-            "--settings", str(log_path.with_suffix(".no-settings.json")),
-            "--state-file", str(log_path.with_suffix(".state.json")),
-            "--grace-seconds", "10",
+            sys.executable,
+            "-m",
+            "local_host",
+            "start",
+            "--app-dir",
+            str(PROJECT_ROOT),
+            "--workers",
+            str(workers),
+            "--port",
+            str(port),
+            "--settings",
+            str(log_path.with_suffix(".no-settings.json")),
+            "--state-file",
+            str(log_path.with_suffix(".state.json")),
+            "--grace-seconds",
+            "10",
         ],
         cwd=PROJECT_ROOT,
         env=env,

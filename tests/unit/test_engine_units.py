@@ -21,7 +21,9 @@ from services.task_runner import result_problem, retry_delay_seconds
 HELLO = HelloWorldController()
 
 
-def context(params: HelloWorldParameters, key: str, task_params: dict[str, Any], predecessor: dict[str, Any] | None = None) -> TaskContext[Any]:
+def context(
+    params: HelloWorldParameters, key: str, task_params: dict[str, Any], predecessor: dict[str, Any] | None = None
+) -> TaskContext[Any]:
     return TaskContext(
         job_id="a" * 64,
         task_id=task_id_for("a" * 64, 1, key),
@@ -128,7 +130,7 @@ def test_named_query_parsing() -> None:
 
 
 def test_migrations_are_numbered_without_gaps(tmp_path: Path) -> None:
-    assert [m.version for m in discover_migrations()][0] == 1
+    assert next(m.version for m in discover_migrations()) == 1
     (tmp_path / "0001_a.sql").write_text("SELECT 1")
     (tmp_path / "0003_c.sql").write_text("SELECT 1")
     with pytest.raises(ValueError, match="without gaps"):

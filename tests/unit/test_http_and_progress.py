@@ -26,8 +26,12 @@ from triggers.http_responses import error_response, status_code_for
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-def request(body: bytes = b"", params: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> func.HttpRequest:
-    return func.HttpRequest("POST", "http://127.0.0.1:7071/api/jobs/hello_world", body=body, params=params or {}, headers=headers or {})
+def request(
+    body: bytes = b"", params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+) -> func.HttpRequest:
+    return func.HttpRequest(
+        "POST", "http://127.0.0.1:7071/api/jobs/hello_world", body=body, params=params or {}, headers=headers or {}
+    )
 
 
 def test_error_table_maps_each_type_once() -> None:
@@ -91,8 +95,12 @@ def test_progress_counts_percent_and_eta() -> None:
         {"stage": 1, "status": "queued", "n": 10, "avg_seconds": None},
     ]
     progress = compute_progress(
-        job(JobStatus.PROCESSING), ["greet", "reply"], [stage(1, 40, "processing", 30)], counts,
-        first_started_at=NOW - timedelta(seconds=10), now=NOW,
+        job(JobStatus.PROCESSING),
+        ["greet", "reply"],
+        [stage(1, 40, "processing", 30)],
+        counts,
+        first_started_at=NOW - timedelta(seconds=10),
+        now=NOW,
     )
     first, second = progress["stages"]
     assert first["tasks"]["completed"] == 30 and first["tasks"]["queued"] == 10 and first["state"] == "processing"
@@ -109,9 +117,9 @@ def test_progress_of_new_and_finished_jobs() -> None:
 
 
 def test_settings_defaults_and_validation() -> None:
-    s = Settings(AzureWebJobsStorage="UseDevelopmentStorage=true")
+    s = Settings.model_validate({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     assert (s.job_queue, s.task_queue) == ("geospatial-jobs", "geospatial-tasks")
     assert "dbname=geoetl" in s.postgres_conninfo()
     for bad in ({"job_queue": "Bad_Name"}, {"task_queue": "a--b"}, {"postgres_schema": "x;drop"}):
         with pytest.raises(ValidationError):
-            Settings(AzureWebJobsStorage="x", **bad)
+            Settings.model_validate({"AzureWebJobsStorage": "x", **bad})
