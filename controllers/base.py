@@ -83,7 +83,9 @@ class JobController(ABC, Generic[ParamsT]):
     job_type: ClassVar[str]
     description: ClassVar[str]
     parameters_model: type[ParamsT]
-    stages: ClassVar[tuple[StageDefinition, ...]]
+    # Class attribute, or set per instance in __init__ when handlers are bound methods that need
+    # injected resources (blob storage, options).
+    stages: tuple[StageDefinition, ...]
     # Largest share of a stage's tasks that may fail before the job fails (stage failure policy).
     max_failure_ratio: ClassVar[float] = 0.0
     # Attempts per task before it is failed; None = the TASK_MAX_ATTEMPTS setting.

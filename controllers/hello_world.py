@@ -3,7 +3,7 @@ makes n lineage tasks that each read their own greeting; the finalizer returns t
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,7 +56,7 @@ class HelloWorldController(JobController[HelloWorldParameters]):
     job_type = "hello_world"
     description = "Demo job: n greetings fanned out, n lineage replies fanned in."
     parameters_model = HelloWorldParameters
-    stages: ClassVar[tuple[StageDefinition, ...]] = (
+    stages = (
         StageDefinition(name="greet", handler=greet),
         StageDefinition(name="reply", handler=reply),
     )

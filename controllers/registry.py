@@ -6,6 +6,7 @@ from typing import Any
 
 from controllers.base import JobController
 from controllers.hello_world import HelloWorldController
+from schemas.settings import Settings
 
 
 class JobTypeRegistry:
@@ -25,5 +26,6 @@ class JobTypeRegistry:
         return [self._by_type[name] for name in sorted(self._by_type)]
 
 
-def default_registry() -> JobTypeRegistry:
+def default_registry(settings: Settings | None = None) -> JobTypeRegistry:
+    """Every job type, built with the resources it needs from ``settings``."""
     return JobTypeRegistry([HelloWorldController()])

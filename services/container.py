@@ -25,7 +25,7 @@ T = TypeVar("T")
 class ServiceContainer:
     def __init__(self, settings: Settings, registry: JobTypeRegistry | None = None) -> None:
         self.settings = settings
-        self.registry = registry or default_registry()
+        self._registry = registry
         self._lock = threading.RLock()
         self._instances: dict[str, object] = {}
 
@@ -34,6 +34,12 @@ class ServiceContainer:
             if name not in self._instances:
                 self._instances[name] = factory()
             return self._instances[name]  # type: ignore[return-value]
+
+    @property
+    def registry(self) -> JobTypeRegistry:
+        if self._registry is not None:
+            return self._registry
+        return self._once("registry", lambda: default_registry(self.settings))
 
     @property
     def db(self) -> Database:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -111,7 +111,7 @@ def test_one_hundred_concurrent_completions_advance_the_stage_exactly_once(
         return result
 
     class LockstepHello(HelloWorldController):
-        stages: ClassVar[tuple[StageDefinition, ...]] = (
+        stages = (
             StageDefinition("greet", greet_in_lockstep),
             hello.stages[1],
         )
@@ -160,7 +160,7 @@ class EmptyMiddleStage(JobController[EmptyMiddleParams]):
     job_type = "empty_middle"
     description = "test job with an empty stage"
     parameters_model = EmptyMiddleParams
-    stages: ClassVar[tuple[StageDefinition, ...]] = (
+    stages = (
         StageDefinition("first", _echo),
         StageDefinition("nothing", _echo),
         StageDefinition("last", _echo),
