@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from services.retry_policy import RetryPolicy
+
 TASK_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,127}$")
 
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
@@ -88,8 +90,9 @@ class JobController(ABC, Generic[ParamsT]):
     stages: tuple[StageDefinition, ...]
     # Largest share of a stage's tasks that may fail before the job fails (stage failure policy).
     max_failure_ratio: ClassVar[float] = 0.0
-    # Attempts per task before it is failed; None = the TASK_MAX_ATTEMPTS setting.
-    max_task_attempts: ClassVar[int | None] = None
+    # Attempts and backoff for transient task errors; None = the TASK_MAX_ATTEMPTS /
+    # TASK_RETRY_BASE_SECONDS / TASK_RETRY_MAX_SECONDS settings.
+    retry_policy: ClassVar[RetryPolicy | None] = None
 
     @property
     def total_stages(self) -> int:

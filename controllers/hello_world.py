@@ -3,6 +3,7 @@ makes n lineage tasks that each read their own greeting; the finalizer returns t
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,7 @@ class HelloWorldParameters(BaseModel):
     max_failure_ratio: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Override of the stage failure policy (default 0)."
     )
+    sleep_ms: int = Field(default=0, ge=0, le=10_000, description="Time each task spends working (load tests).")
 
     @property
     def failing_greetings(self) -> int:
@@ -37,6 +39,7 @@ def item_key(index: int) -> str:
 
 def greet(ctx: TaskContext[HelloWorldParameters]) -> dict[str, Any]:
     index = int(ctx.parameters["index"])
+    time.sleep(ctx.job_parameters.sleep_ms / 1000)
     if index < ctx.job_parameters.failing_greetings:
         raise InjectedFailureError(f"greeting {index} fails on purpose (fail_ratio={ctx.job_parameters.fail_ratio})")
     text = f"Hello #{index} from geoetl"
@@ -49,6 +52,7 @@ def reply(ctx: TaskContext[HelloWorldParameters]) -> dict[str, Any]:
     if ctx.predecessor_result is None or "greeting" not in ctx.predecessor_result:
         raise ValueError(f"task {ctx.task_id} has no greeting from its predecessor")
     greeting = ctx.predecessor_result["greeting"]
+    time.sleep(ctx.job_parameters.sleep_ms / 1000)
     return {"index": ctx.predecessor_result["index"], "reply": f"Reply to '{greeting}'"}
 
 

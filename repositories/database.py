@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import pybreaker
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -39,6 +40,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         timeout_seconds: float = 30.0,
+        breaker: pybreaker.CircuitBreaker | None = None,
     ) -> None:
         self._conninfo = conninfo
         self.schema = schema
@@ -47,6 +49,8 @@ class Database:
         self._timeout = timeout_seconds
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
+        # Counts DatabaseUnavailableError only; while open, transactions fail fast.
+        self._breaker = breaker
 
     def _configure(self, conn: psycopg.Connection) -> None:
         conn.execute(psycopg.sql.SQL("SET search_path TO {}, public").format(psycopg.sql.Identifier(self.schema)))
@@ -72,7 +76,20 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[EngineRepository]:
-        """One transaction: commits on success, rolls back on error. Driver errors are translated."""
+        """One transaction: commits on success, rolls back on error. Driver errors are translated;
+        with a circuit breaker, an open circuit raises DatabaseUnavailableError without trying."""
+        if self._breaker is None:
+            with self._translated_transaction() as repo:
+                yield repo
+            return
+        try:
+            with self._breaker.calling(), self._translated_transaction() as repo:
+                yield repo
+        except pybreaker.CircuitBreakerError as exc:
+            raise DatabaseUnavailableError(f"postgres circuit open: {exc}") from exc
+
+    @contextmanager
+    def _translated_transaction(self) -> Iterator[EngineRepository]:
         try:
             with self.pool.connection() as conn, conn.transaction():
                 yield EngineRepository(conn)

@@ -14,9 +14,12 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from repositories.control_queries import ControlQueries
+from repositories.maintenance_queries import MaintenanceQueries
 from repositories.sql_catalog import query
 from schemas.jobs import (
     ClaimedTask,
+    JobPriority,
     JobRecord,
     JobStatus,
     NewTask,
@@ -27,32 +30,40 @@ from schemas.jobs import (
     TaskStatus,
 )
 
-_CLAIM_EXTRA_COLUMNS = ("job_type", "job_parameters", "predecessor_result")
+_CLAIM_EXTRA_COLUMNS = ("job_type", "job_parameters", "predecessor_result", "priority")
 
 
 def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
-class EngineRepository:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self._conn = conn
-
-    def _one(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        row: dict[str, Any] | None = self._conn.execute(query(name), params).fetchone()
-        return row
-
-    def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = self._conn.execute(query(name), params).fetchall()
-        return rows
+class EngineRepository(ControlQueries, MaintenanceQueries):
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    def insert_job(self, job_id: str, job_type: str, parameters: dict[str, Any], total_stages: int) -> JobRecord | None:
+    def insert_job(
+        self,
+        job_id: str,
+        job_type: str,
+        parameters: dict[str, Any],
+        total_stages: int,
+        *,
+        priority: JobPriority = JobPriority.NORMAL,
+        max_parallel_tasks: int | None = None,
+        depends_on: Sequence[str] = (),
+    ) -> JobRecord | None:
         """Insert a new job; None when a job with this id already exists."""
         row = self._one(
             "insert_job",
-            {"job_id": job_id, "job_type": job_type, "parameters": Jsonb(parameters), "total_stages": total_stages},
+            {
+                "job_id": job_id,
+                "job_type": job_type,
+                "parameters": Jsonb(parameters),
+                "total_stages": total_stages,
+                "priority": str(priority),
+                "max_parallel_tasks": max_parallel_tasks,
+                "depends_on": list(depends_on),
+            },
         )
         return JobRecord.from_row(row) if row else None
 
@@ -122,7 +133,8 @@ class EngineRepository:
     def list_stages(self, job_id: str) -> list[StageRecord]:
         return [StageRecord.from_row(r) for r in self._all("list_stages", {"job_id": job_id})]
 
-    def insert_tasks(self, tasks: Sequence[NewTask]) -> None:
+    def insert_tasks(self, tasks: Sequence[NewTask], held: Sequence[bool] | None = None) -> None:
+        """Insert task rows as queued, or held where ``held`` says so (max_parallel_tasks)."""
         if not tasks:
             return
         with self._conn.cursor() as cur:
@@ -136,8 +148,9 @@ class EngineRepository:
                         "task_key": t.task_key,
                         "parameters": Jsonb(t.parameters),
                         "predecessor_task_id": t.predecessor_task_id,
+                        "status": "held" if held and held[i] else "queued",
                     }
-                    for t in tasks
+                    for i, t in enumerate(tasks)
                 ],
             )
 
@@ -166,6 +179,7 @@ class EngineRepository:
             job_type=extra["job_type"],
             job_parameters=extra["job_parameters"],
             predecessor_result=extra["predecessor_result"],
+            priority=JobPriority(extra["priority"]),
         )
 
     def failed_tasks_of_stage(self, job_id: str, stage: int, limit: int = 3) -> list[dict[str, Any]]:
@@ -177,8 +191,12 @@ class EngineRepository:
     def renew_task_lease(self, task_id: str, lease_seconds: int) -> bool:
         return self._one("renew_task_lease", {"task_id": task_id, "lease_seconds": lease_seconds}) is not None
 
-    def release_task_for_retry(self, task_id: str, error: str) -> bool:
-        return self._one("release_task_for_retry", {"task_id": task_id, "error": error}) is not None
+    def release_task_for_retry(self, task_id: str, error: str, category: str) -> bool:
+        params = {"task_id": task_id, "error": error, "error_category": category}
+        return self._one("release_task_for_retry", params) is not None
+
+    def set_task_error_category(self, task_id: str, category: str) -> None:
+        self._conn.execute(query("set_task_error_category"), {"task_id": task_id, "error_category": category})
 
     def finish_task(
         self, task_id: str, status: TaskStatus, result: dict[str, Any] | None, error: str | None

@@ -40,6 +40,10 @@ class NotFoundError(RequestError):
     """Unknown job id, job type or other resource."""
 
 
+class ConflictError(RequestError):
+    """The request does not fit the resource's state (cancel a completed job, retry a running one)."""
+
+
 class ServiceUnavailableError(RequestError):
     """A dependency (Postgres, Storage) is down; the caller may retry."""
 
@@ -68,3 +72,11 @@ class PermanentTaskError(TaskError):
 
 class TransientTaskError(TaskError):
     """A failure that may pass (timeouts, 5xx): retry with backoff."""
+
+
+class ThrottlingError(TransientTaskError):
+    """The service asked us to slow down (429, 503 ServerBusy); retry no sooner than retry_after."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -26,7 +26,16 @@ TERMINAL_JOB_STATUSES = frozenset(
 )
 
 
+class JobPriority(StrEnum):
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+SATISFIED_DEPENDENCY_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS})
+
+
 class TaskStatus(StrEnum):
+    HELD = "held"  # created, waiting for a slot under the job's max_parallel_tasks
     QUEUED = "queued"
     PROCESSING = "processing"
     COMPLETED = "completed"
@@ -48,10 +57,13 @@ class JobRecord:
     updated_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    priority: JobPriority = JobPriority.NORMAL
+    max_parallel_tasks: int | None = None
+    depends_on: list[str] = field(default_factory=list)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:
-        return cls(**{**row, "status": JobStatus(row["status"])})
+        return cls(**{**row, "status": JobStatus(row["status"]), "priority": JobPriority(row["priority"])})
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class TaskRecord:
     updated_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    error_category: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> TaskRecord:
@@ -105,6 +118,7 @@ class ClaimedTask:
     job_type: str
     job_parameters: dict[str, Any]
     predecessor_result: dict[str, Any] | None
+    priority: JobPriority = JobPriority.NORMAL
 
 
 @dataclass(frozen=True)

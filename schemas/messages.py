@@ -20,6 +20,8 @@ class JobMessage(BaseModel):
     job_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     stage: int = Field(ge=1)
     action: JobAction = JobAction.CREATE_STAGE
+    # Times this message was re-sent because Postgres was unavailable (see services/deferral.py).
+    deferrals: int = Field(default=0, ge=0)
 
 
 class TaskMessage(BaseModel):
@@ -29,3 +31,7 @@ class TaskMessage(BaseModel):
 
     task_id: str = Field(min_length=70, max_length=256)
     job_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # Set when re-sent because Postgres was unavailable: the id of the first delivery's message and
+    # how often it was deferred, so that delivery's claim on the task can be taken over.
+    origin_message_id: str | None = Field(default=None, max_length=128)
+    deferrals: int = Field(default=0, ge=0)

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     )
     job_queue: str = Field(default="geospatial-jobs", pattern=QUEUE_NAME_PATTERN)
     task_queue: str = Field(default="geospatial-tasks", pattern=QUEUE_NAME_PATTERN)
+    high_priority_task_queue: str = Field(default="geospatial-tasks-high", pattern=QUEUE_NAME_PATTERN)
 
     # Postgres.
     postgres_host: str = "127.0.0.1"
@@ -43,6 +44,21 @@ class Settings(BaseSettings):
     task_retry_max_seconds: float = Field(default=60.0, ge=0)
     task_lease_seconds: int = Field(default=300, ge=5)
     publish_concurrency: int = Field(default=16, ge=1, le=64)
+    # Re-sends of a message while Postgres is unavailable, before letting the host retry it.
+    max_message_deferrals: int = Field(default=20, ge=0)
+    deferral_max_seconds: float = Field(default=60.0, ge=1)
+
+    # Circuit breakers (closed/open/half-open) around Postgres, Blob/queue storage, outbound HTTP.
+    circuit_fail_max: int = Field(default=5, ge=1)
+    circuit_reset_seconds: float = Field(default=10.0, gt=0)
+
+    # Janitor (timer trigger JANITOR_SCHEDULE, NCRONTAB with seconds).
+    janitor_schedule: str = "*/30 * * * * *"
+    janitor_outbox_grace_seconds: float = Field(default=30.0, ge=0)
+    janitor_lease_grace_seconds: float = Field(default=5.0, ge=0)
+    janitor_requeue_queued_after_seconds: float = Field(default=900.0, ge=1)
+    janitor_stalled_job_after_seconds: float = Field(default=120.0, ge=1)
+    poison_retention_hours: float = Field(default=168.0, gt=0)
 
     log_level: str = "INFO"
 

@@ -10,13 +10,21 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
+import pybreaker
+
 from controllers.registry import JobTypeRegistry, default_registry
 from repositories.database import Database
 from schemas.settings import Settings
+from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
+from services.dead_letters import DeadLetterHandler
+from services.deferral import MessageDeferral
+from services.janitor import Janitor, JanitorOptions
+from services.job_control import JobControl
 from services.job_orchestrator import JobOrchestrator
 from services.job_service import JobService
 from services.outbox_relay import OutboxRelay
 from services.queue_publisher import QueuePublisher
+from services.retry_policy import RetryPolicy
 from services.task_runner import TaskRunner, TaskRunnerOptions
 
 T = TypeVar("T")
@@ -41,6 +49,19 @@ class ServiceContainer:
             return self._registry
         return self._once("registry", lambda: default_registry(self.settings))
 
+    def breaker(self, service: str) -> pybreaker.CircuitBreaker:
+        """One breaker per external service: "postgres", "storage" (queues and blobs), "http"."""
+        s = self.settings
+        counts = counts_database_outage if service == "postgres" else counts_storage_outage
+        return self._once(
+            f"breaker:{service}", lambda: make_breaker(service, s.circuit_fail_max, s.circuit_reset_seconds, counts)
+        )
+
+    @property
+    def default_retry(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(s.task_max_attempts, s.task_retry_base_seconds, s.task_retry_max_seconds)
+
     @property
     def db(self) -> Database:
         s = self.settings
@@ -51,6 +72,7 @@ class ServiceContainer:
                 schema=s.postgres_schema,
                 min_size=s.db_pool_min_size,
                 max_size=s.db_pool_max_size,
+                breaker=self.breaker("postgres"),
             ),
         )
 
@@ -61,8 +83,19 @@ class ServiceContainer:
             "publisher",
             lambda: QueuePublisher(
                 s.storage_connection_string.get_secret_value(),
-                {"jobs": s.job_queue, "tasks": s.task_queue},
+                {"jobs": s.job_queue, "tasks": s.task_queue, "tasks_high": s.high_priority_task_queue},
                 concurrency=s.publish_concurrency,
+                breaker=self.breaker("storage"),
+            ),
+        )
+
+    @property
+    def deferral(self) -> MessageDeferral:
+        s = self.settings
+        return self._once(
+            "deferral",
+            lambda: MessageDeferral(
+                self.publisher, max_deferrals=s.max_message_deferrals, max_delay_seconds=s.deferral_max_seconds
             ),
         )
 
@@ -78,19 +111,35 @@ class ServiceContainer:
         )
 
     @property
+    def job_control(self) -> JobControl:
+        return self._once("job_control", lambda: JobControl(self.db, self.relay))
+
+    @property
     def orchestrator(self) -> JobOrchestrator:
-        return self._once("orchestrator", lambda: JobOrchestrator(self.db, self.registry, self.relay))
+        return self._once("orchestrator", lambda: JobOrchestrator(self.db, self.registry, self.relay, self.deferral))
 
     @property
     def task_runner(self) -> TaskRunner:
+        options = TaskRunnerOptions(lease_seconds=self.settings.task_lease_seconds, default_retry=self.default_retry)
+        return self._once("task_runner", lambda: TaskRunner(self.db, self.registry, self.relay, self.deferral, options))
+
+    @property
+    def dead_letters(self) -> DeadLetterHandler:
+        return self._once("dead_letters", lambda: DeadLetterHandler(self.db, self.registry, self.relay))
+
+    @property
+    def janitor(self) -> Janitor:
         s = self.settings
-        options = TaskRunnerOptions(
-            lease_seconds=s.task_lease_seconds,
-            default_max_attempts=s.task_max_attempts,
-            retry_base_seconds=s.task_retry_base_seconds,
-            retry_max_seconds=s.task_retry_max_seconds,
+        options = JanitorOptions(
+            outbox_grace_seconds=s.janitor_outbox_grace_seconds,
+            lease_grace_seconds=s.janitor_lease_grace_seconds,
+            requeue_queued_after_seconds=s.janitor_requeue_queued_after_seconds,
+            stalled_job_after_seconds=s.janitor_stalled_job_after_seconds,
+            poison_retention_hours=s.poison_retention_hours,
+            default_retry=self.default_retry,
+            poison_queues=tuple(f"{q}-poison" for q in (s.job_queue, s.task_queue, s.high_priority_task_queue)),
         )
-        return self._once("task_runner", lambda: TaskRunner(self.db, self.registry, self.relay, options))
+        return self._once("janitor", lambda: Janitor(self.db, self.registry, self.relay, self.publisher, options))
 
     def close(self) -> None:
         with self._lock:

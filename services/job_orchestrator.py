@@ -12,9 +12,12 @@ from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.errors import PermanentTaskError
+from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters
-from schemas.messages import JobAction, JobMessage, TaskMessage
+from schemas.messages import JobAction, JobMessage
+from services.deferral import MessageDeferral
 from services.identifiers import task_id_for
+from services.job_lifecycle import complete_job, fail_job, queue_task_messages
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
 from services.stage_flow import after_task_finished
@@ -27,16 +30,24 @@ STALE_OUTBOX_SECONDS = 10.0
 
 
 class JobOrchestrator:
-    def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay) -> None:
+    def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay, deferral: MessageDeferral) -> None:
         self._db = db
         self._registry = registry
         self._relay = relay
+        self._deferral = deferral
 
     def handle(self, message: JobMessage) -> None:
-        if message.action is JobAction.FINALIZE:
-            self.finalize(message.job_id)
-        else:
-            self.create_stage(message.job_id, message.stage)
+        """Entry point of the job queue trigger."""
+        try:
+            if message.action is JobAction.FINALIZE:
+                self.finalize(message.job_id)
+            else:
+                self.create_stage(message.job_id, message.stage)
+        except DatabaseUnavailableError as exc:
+            delay = self._deferral.defer("jobs", message.model_dump(mode="json"), message.deferrals)
+            if delay is None:
+                raise
+            job_logger(logger, message.job_id).warning("postgres unavailable (%s); message deferred %.1fs", exc, delay)
 
     # --- fan-out --------------------------------------------------------------------------------
 
@@ -62,8 +73,7 @@ class JobOrchestrator:
     ) -> list[OutboxMessage]:
         controller = self._registry.get(job.job_type)
         if controller is None:
-            repo.fail_job(job.job_id, f"unknown job type {job.job_type!r}")
-            return []
+            return fail_job(repo, job.job_id, f"unknown job type {job.job_type!r}")
         try:
             params = controller.parse_parameters(job.parameters)
             previous = repo.completed_results_of_stage(job.job_id, stage - 1) if stage > 1 else {}
@@ -71,57 +81,63 @@ class JobOrchestrator:
             tasks = build_tasks(job.job_id, stage, specs, previous_keys=set(previous))
         except (PermanentTaskError, ValidationError, ValueError) as exc:
             reason = f"stage {stage} ({controller.stage(stage).name}) could not be planned: {exc}"
-            repo.fail_job(job.job_id, reason)
             log.error("job failed: %s", reason)
-            return []
+            return fail_job(repo, job.job_id, reason)
         if not repo.insert_stage(job.job_id, stage, controller.stage(stage).name, len(tasks)):
             # A duplicate delivery: the stage exists. Resend whatever its first delivery left unsent.
             pending = repo.pending_outbox_of_job(job.job_id, STALE_OUTBOX_SECONDS)
             log.info("stage %d already created; %d unsent outbox messages to republish", stage, len(pending))
             return pending
         repo.mark_job_processing(job.job_id)
-        repo.insert_tasks(tasks)
-        log.info("stage %d (%s): created %d tasks", stage, controller.stage(stage).name, len(tasks))
+        # With max_parallel_tasks, only that many start now; the rest are held until others finish.
+        slots = len(tasks) if job.max_parallel_tasks is None else job.max_parallel_tasks
+        repo.insert_tasks(tasks, held=[i >= slots for i in range(len(tasks))])
+        log.info(
+            "stage %d (%s): created %d tasks (%d started)",
+            stage,
+            controller.stage(stage).name,
+            len(tasks),
+            min(slots, len(tasks)),
+        )
         if not tasks:
             empty = StageCounters(True, job.job_id, stage, 0, 0, 0, 0, closed_stage=True)
-            return after_task_finished(repo, controller, params, empty)
-        bodies = [TaskMessage(task_id=t.task_id, job_id=job.job_id).model_dump() for t in tasks]
-        return repo.add_outbox_messages("tasks", bodies, job.job_id)
+            processing = repo.get_job(job.job_id)
+            return after_task_finished(repo, controller, params, empty, processing or job)
+        return queue_task_messages(repo, job.job_id, job.priority, [t.task_id for t in tasks[:slots]])
 
     # --- fan-in: finalisation -------------------------------------------------------------------
 
     def finalize(self, job_id: str) -> None:
         """Run the job type's finalizer once every stage is complete; exactly one call completes the job."""
-        log = job_logger(logger, job_id)
         with self._db.transaction() as repo:
-            job = repo.lock_job(job_id)
-            if job is None or job.status is not JobStatus.PROCESSING:
-                log.info("finalize: job is %s; nothing to do", job.status if job else "unknown")
-                return
-            controller = self._registry.get(job.job_type)
-            if controller is None:
-                repo.fail_job(job_id, f"unknown job type {job.job_type!r}")
-                return
-            stages = repo.list_stages(job_id)
-            if len(stages) != controller.total_stages or any(s.status != "completed" for s in stages):
-                log.warning("finalize message before all stages completed; ignored")
-                return
-            outcome = collect_outcome(repo, controller, job_id)
-            try:
-                result = controller.finalize(controller.parse_parameters(job.parameters), outcome)
-            except (PermanentTaskError, ValidationError, ValueError, KeyError) as exc:
-                repo.fail_job(job_id, f"finalizer failed: {exc}")
-                log.error("finalizer failed: %s", exc)
-                return
-            status = JobStatus.COMPLETED
-            error = None
-            if outcome.failed_count:
-                status = JobStatus.COMPLETED_WITH_ERRORS
-                summary = error_summary(outcome)
-                result = {**result, "errors": summary}
-                error = f"{summary['failed_tasks']} task(s) failed within the allowed ratio"
-            repo.complete_job(job_id, status, result, error)
-            log.info("job %s", status)
+            outbox = self._finalize(repo, job_id, job_logger(logger, job_id))
+        self._relay.publish(outbox)
+
+    def _finalize(
+        self, repo: EngineRepository, job_id: str, log: logging.LoggerAdapter[logging.Logger]
+    ) -> list[OutboxMessage]:
+        job = repo.lock_job(job_id)
+        if job is None or job.status is not JobStatus.PROCESSING:
+            log.info("finalize: job is %s; nothing to do", job.status if job else "unknown")
+            return []
+        controller = self._registry.get(job.job_type)
+        if controller is None:
+            return fail_job(repo, job_id, f"unknown job type {job.job_type!r}")
+        stages = repo.list_stages(job_id)
+        if len(stages) != controller.total_stages or any(s.status != "completed" for s in stages):
+            log.warning("finalize message before all stages completed; ignored")
+            return []
+        outcome = collect_outcome(repo, controller, job_id)
+        try:
+            result = controller.finalize(controller.parse_parameters(job.parameters), outcome)
+        except (PermanentTaskError, ValidationError, ValueError, KeyError) as exc:
+            log.error("finalizer failed: %s", exc)
+            return fail_job(repo, job_id, f"finalizer failed: {exc}")
+        if not outcome.failed_count:
+            return complete_job(repo, job_id, JobStatus.COMPLETED, result, None)
+        summary = error_summary(outcome)
+        error = f"{summary['failed_tasks']} task(s) failed within the allowed ratio"
+        return complete_job(repo, job_id, JobStatus.COMPLETED_WITH_ERRORS, {**result, "errors": summary}, error)
 
 
 def build_tasks(job_id: str, stage: int, specs: list[TaskSpec], previous_keys: set[str]) -> list[NewTask]:

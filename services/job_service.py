@@ -10,14 +10,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from schemas.errors import InvalidRequestError, NotFoundError
-from schemas.jobs import JobRecord, JobStatus, TaskRecord, TaskStatus
-from schemas.messages import JobAction, JobMessage
+from schemas.jobs import SATISFIED_DEPENDENCY_STATUSES, JobPriority, JobRecord, JobStatus, TaskRecord, TaskStatus
+from schemas.messages import JobAction
 from services.identifiers import job_id_for
+from services.job_control import JobControl
+from services.job_lifecycle import fail_job, queue_job_message
 from services.job_progress import compute_progress
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
@@ -29,6 +33,20 @@ logger = logging.getLogger(__name__)
 class Submission:
     job: JobRecord
     created: bool
+    restarted: bool = False
+
+
+# Keys of a submission body that are options of the job, not parameters of its type. They do not
+# change the job id: the same work submitted with another priority is the same job.
+OPTION_KEYS = ("priority", "max_parallel_tasks", "depends_on")
+
+
+class SubmissionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: JobPriority = JobPriority.NORMAL
+    max_parallel_tasks: int | None = Field(default=None, ge=1, le=100_000)
+    depends_on: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list, max_length=100)
 
 
 def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
@@ -72,33 +90,78 @@ class JobService:
 
     # --- commands -----------------------------------------------------------------------------
 
-    def submit(self, job_type: str, raw_parameters: Any) -> Submission:
-        """Validate, derive the id, insert and queue stage 1. Resubmitting returns the existing job."""
+    def submit(self, job_type: str, body: Any) -> Submission:
+        """Validate, derive the id, insert and queue stage 1. Resubmitting returns the existing job;
+        resubmitting a failed or cancelled job restarts it (like POST …/retry)."""
         controller = self._registry.get(job_type)
         if controller is None:
             known = ", ".join(c.job_type for c in self._registry.all())
             raise NotFoundError(f"unknown job type {job_type!r}; known types: {known}")
-        if not isinstance(raw_parameters, dict):
+        if not isinstance(body, dict):
             raise InvalidRequestError(
                 "parameters must be a JSON object", details=[{"field": "body", "message": "expected a JSON object"}]
             )
+        raw_options = {k: body[k] for k in OPTION_KEYS if k in body}
+        raw_parameters = {k: v for k, v in body.items() if k not in OPTION_KEYS}
+        details: list[dict[str, Any]] = []
         try:
             params = controller.parse_parameters(raw_parameters)
         except ValidationError as exc:
-            raise InvalidRequestError("invalid parameters", details=field_errors(exc)) from exc
+            details += field_errors(exc)
+        try:
+            options = SubmissionOptions.model_validate(raw_options)
+        except ValidationError as exc:
+            details += field_errors(exc)
+        if details:
+            raise InvalidRequestError("invalid parameters", details=details)
         canonical = params.model_dump(mode="json")
         job_id = job_id_for(job_type, canonical)
+        if job_id in options.depends_on:
+            raise InvalidRequestError(
+                "a job cannot depend on itself", details=[{"field": "depends_on", "message": "own id"}]
+            )
         with self._db.transaction() as repo:
-            job = repo.insert_job(job_id, job_type, canonical, controller.total_stages)
+            job = repo.insert_job(
+                job_id,
+                job_type,
+                canonical,
+                controller.total_stages,
+                priority=options.priority,
+                max_parallel_tasks=options.max_parallel_tasks,
+                depends_on=options.depends_on,
+            )
             if job is None:
                 existing = repo.get_job(job_id)
-                assert existing is not None  # inserted rows are never deleted by the engine
-                return Submission(existing, created=False)
-            first = JobMessage(job_id=job_id, stage=1, action=JobAction.CREATE_STAGE)
-            outbox = repo.add_outbox_messages("jobs", [first.model_dump(mode="json")], job_id)
+                assert existing is not None  # the engine never deletes jobs
+                if existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                    restarted, outbox = JobControl.restart(repo, existing)
+                    created = Submission(restarted, created=False, restarted=True)
+                else:
+                    return Submission(existing, created=False)
+            else:
+                outbox = self._first_messages(repo, job, options.depends_on)
+                created = Submission(job, created=True)
         self._relay.publish(outbox)
-        job_logger(logger, job_id).info("job submitted: %s", job_type)
-        return Submission(job, created=True)
+        job_logger(logger, job_id).info("job %s: %s", "restarted" if created.restarted else "submitted", job_type)
+        return created
+
+    @staticmethod
+    def _first_messages(repo: Any, job: JobRecord, depends_on: list[str]) -> list[Any]:
+        """Stage 1 now, or when the dependencies complete (their completion queues it)."""
+        if not depends_on:
+            return queue_job_message(repo, job.job_id, 1, JobAction.CREATE_STAGE)
+        found = {r["job_id"]: r for r in repo.lock_jobs_shared(depends_on)}
+        missing = [d for d in depends_on if d not in found]
+        if missing:
+            raise InvalidRequestError(
+                "unknown dependency", details=[{"field": "depends_on", "message": f"no job {missing[0]}"}]
+            )
+        for dep_id, row in found.items():
+            if JobStatus(row["status"]) in (JobStatus.FAILED, JobStatus.CANCELLED):
+                return fail_job(repo, job.job_id, f"dependency {dep_id} ended {row['status']}: {row['error']}")
+        if all(JobStatus(r["status"]) in SATISFIED_DEPENDENCY_STATUSES for r in found.values()):
+            return queue_job_message(repo, job.job_id, 1, JobAction.CREATE_STAGE)
+        return []
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -187,6 +250,9 @@ def job_summary(job: JobRecord) -> dict[str, Any]:
         "stage": job.stage,
         "total_stages": job.total_stages,
         "parameters": job.parameters,
+        "priority": str(job.priority),
+        "max_parallel_tasks": job.max_parallel_tasks,
+        "depends_on": job.depends_on,
         "error": job.error,
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
@@ -202,6 +268,7 @@ def task_summary(task: TaskRecord) -> dict[str, Any]:
         "task_key": task.task_key,
         "status": str(task.status),
         "attempts": task.attempts,
+        "error_category": task.error_category,
         "parameters": task.parameters,
         "predecessor_task_id": task.predecessor_task_id,
         "result": task.result,

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import pybreaker
 import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
@@ -34,7 +35,15 @@ def encode_body(body: dict[str, Any]) -> str:
 class QueuePublisher:
     """One QueueClient per logical queue, created (and the queue with it) on first use."""
 
-    def __init__(self, connection_string: str, queue_names: dict[str, str], *, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        connection_string: str,
+        queue_names: dict[str, str],
+        *,
+        concurrency: int = 16,
+        breaker: pybreaker.CircuitBreaker | None = None,
+    ) -> None:
+        self._breaker = breaker
         self._connection_string = connection_string
         self._queue_names = dict(queue_names)
         self._concurrency = concurrency
@@ -51,12 +60,17 @@ class QueuePublisher:
         return self._queue_names[queue]
 
     def client(self, queue: str) -> QueueClient:
+        """The client of a logical queue ("jobs", "tasks", "tasks_high")."""
+        return self.client_for_name(self._queue_names[queue])
+
+    def client_for_name(self, queue_name: str) -> QueueClient:
+        """A client for any queue of the account (poison queues too), created with its queue."""
         with self._lock:
-            client = self._clients.get(queue)
+            client = self._clients.get(queue_name)
             if client is None:
                 client = QueueClient.from_connection_string(
                     self._connection_string,
-                    self._queue_names[queue],
+                    queue_name,
                     message_encode_policy=TextBase64EncodePolicy(),
                     transport=self._transport,
                     retry_total=3,
@@ -66,12 +80,16 @@ class QueuePublisher:
                 )
                 with contextlib.suppress(ResourceExistsError):
                     client.create_queue()
-                self._clients[queue] = client
+                self._clients[queue_name] = client
             return client
 
     def send(self, message: OutgoingMessage) -> None:
         delay = max(0, round(message.delay_seconds)) or None
-        self.client(message.queue).send_message(encode_body(message.body), visibility_timeout=delay)
+        client = self.client(message.queue)
+        if self._breaker is None:
+            client.send_message(encode_body(message.body), visibility_timeout=delay)
+        else:
+            self._breaker.call(client.send_message, encode_body(message.body), visibility_timeout=delay)
 
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[bool]:
         """Send concurrently; returns per-message success (failures are logged, not raised)."""

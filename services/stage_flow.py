@@ -1,9 +1,9 @@
 """Decisions taken in the transaction that finished a task: fail the job, advance it, or finalize.
 
-Everything here runs inside the caller's transaction and only *writes* outbox rows; the caller
-publishes them after commit. Exactly-once advancement rests on two guarded statements:
-``finish_task`` reports ``closed_stage`` to exactly one caller per stage, and
-``advance_job_stage`` only moves a job still at that stage.
+Everything here runs inside the caller's transaction (which holds the job row lock) and only
+*writes* outbox rows; the caller publishes them after commit. Exactly-once advancement rests on
+two guarded statements: ``finish_task`` reports ``closed_stage`` to exactly one caller per stage,
+and ``advance_job_stage`` only moves a job still at that stage.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 from controllers.base import JobController
 from repositories.engine_repository import EngineRepository
-from schemas.jobs import OutboxMessage, StageCounters
-from schemas.messages import JobAction, JobMessage
+from schemas.jobs import JobRecord, JobStatus, OutboxMessage, StageCounters
+from schemas.messages import JobAction
+from services.job_lifecycle import fail_job, queue_job_message, release_held_tasks
 from services.logging_context import job_logger
 
 logger = logging.getLogger(__name__)
@@ -34,22 +35,17 @@ def stage_failure_reason(
 
 
 def after_task_finished(
-    repo: EngineRepository, controller: JobController[Any], params: Any, counters: StageCounters
+    repo: EngineRepository, controller: JobController[Any], params: Any, counters: StageCounters, job: JobRecord
 ) -> list[OutboxMessage]:
-    """Apply the stage failure policy, and advance the job if this finish closed the stage."""
-    if not counters.changed:
+    """Apply the stage failure policy, release held tasks, and advance if this closed the stage."""
+    if not counters.changed or job.status is not JobStatus.PROCESSING:
         return []
-    log = job_logger(logger, counters.job_id)
     limit = controller.failure_ratio_limit(params)
     if counters.task_count and counters.failed_count / counters.task_count > limit:
-        reason = stage_failure_reason(repo, controller, counters, limit)
-        if repo.fail_job(counters.job_id, reason) is not None:
-            skipped = repo.skip_queued_tasks(counters.job_id, "skipped: job failed")
-            log.warning("job failed: %s (skipped %d queued tasks)", reason, skipped)
-        return []
+        return fail_job(repo, counters.job_id, stage_failure_reason(repo, controller, counters, limit))
     if counters.closed_stage:
         return close_stage(repo, controller, counters.job_id, counters.stage)
-    return []
+    return release_held_tasks(repo, job)
 
 
 def close_stage(repo: EngineRepository, controller: JobController[Any], job_id: str, stage: int) -> list[OutboxMessage]:
@@ -60,8 +56,6 @@ def close_stage(repo: EngineRepository, controller: JobController[Any], job_id: 
             log.info("stage %d closed but the job is no longer at it or not processing", stage)
             return []
         log.info("stage %d complete, advancing to stage %d", stage, stage + 1)
-        message = JobMessage(job_id=job_id, stage=stage + 1, action=JobAction.CREATE_STAGE)
-    else:
-        log.info("last stage %d complete, queueing finalizer", stage)
-        message = JobMessage(job_id=job_id, stage=stage, action=JobAction.FINALIZE)
-    return repo.add_outbox_messages("jobs", [message.model_dump(mode="json")], job_id)
+        return queue_job_message(repo, job_id, stage + 1, JobAction.CREATE_STAGE)
+    log.info("last stage %d complete, queueing finalizer", stage)
+    return queue_job_message(repo, job_id, stage, JobAction.FINALIZE)

@@ -1,58 +1,51 @@
 """Handles task-queue messages: claim the task, run its handler, record the outcome (fan-in).
 
 A task runs its handler only after a successful claim (a lease in Postgres), so a duplicate
-delivery of a finished or live-leased task does nothing. Outcomes:
-- success → ``finish_task(completed)`` and, if that closed the stage, the next stage is queued;
-- ``PermanentTaskError`` → the task fails at once;
-- any other exception → retried with exponential backoff and jitter (a new, delayed message
-  written to the outbox; the current message completes) until the attempt limit, then failed.
+delivery of a finished or live-leased task does nothing. Outcomes, by error category
+(services/error_classification.py):
+- success → ``finish_task(completed)``; if that closed the stage, the next stage is queued;
+- permanent → the task fails at once;
+- transient / throttling → retried with backoff (and Retry-After) through a new, delayed message
+  written to the outbox while the current message completes, until the job type's attempt limit.
+If Postgres is unavailable the message is deferred (services/deferral.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from controllers.base import TaskContext
+from controllers.base import JobController, TaskContext
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
-from schemas.errors import DatabaseUnavailableError, PermanentTaskError
+from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import ClaimedTask, OutboxMessage, TaskStatus
 from schemas.messages import TaskMessage
+from services.deferral import MessageDeferral
+from services.error_classification import ClassifiedError, ErrorCategory, classify
+from services.job_lifecycle import fail_job, queue_task_messages
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
+from services.retry_policy import RetryPolicy
 from services.stage_flow import after_task_finished
 
 logger = logging.getLogger(__name__)
 
-MAX_ERROR_LENGTH = 2000
+# Dequeue counts stay below this; it orders deliveries across deferrals (see claim_task).
+_DELIVERIES_PER_DEFERRAL = 1000
 
 
 @dataclass(frozen=True)
 class TaskRunnerOptions:
     lease_seconds: int
-    default_max_attempts: int
-    retry_base_seconds: float
-    retry_max_seconds: float
-
-
-def retry_delay_seconds(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: uniform in [half, full] of min(cap, base * 2**(attempt-1))."""
-    full = min(cap, base * (2 ** max(0, attempt - 1)))
-    return full * (0.5 + 0.5 * rng())
-
-
-def describe_error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"
+    default_retry: RetryPolicy
 
 
 def result_problem(result: object) -> str | None:
@@ -76,16 +69,38 @@ _record_retry = retry(
 
 
 class TaskRunner:
-    def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay, options: TaskRunnerOptions) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: JobTypeRegistry,
+        relay: OutboxRelay,
+        deferral: MessageDeferral,
+        options: TaskRunnerOptions,
+    ) -> None:
         self._db = db
         self._registry = registry
         self._relay = relay
+        self._deferral = deferral
         self._options = options
 
-    def handle(self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1) -> None:
+    def handle(self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1, queue: str = "tasks") -> None:
+        """Entry point of the task queue triggers (``queue`` is the logical queue it came from)."""
         log = job_logger(logger, message.job_id, message.task_id)
+        origin = message.origin_message_id or message_id
+        try:
+            self._handle(message, origin, message.deferrals * _DELIVERIES_PER_DEFERRAL + dequeue_count, log)
+        except DatabaseUnavailableError as exc:
+            body = {**message.model_dump(exclude_defaults=True), "origin_message_id": origin}
+            delay = self._deferral.defer(queue, body, message.deferrals)
+            if delay is None:
+                raise
+            log.warning("postgres unavailable (%s); message deferred %.1fs", exc, delay)
+
+    def _handle(
+        self, message: TaskMessage, origin: str, delivery: int, log: logging.LoggerAdapter[logging.Logger]
+    ) -> None:
         with self._db.transaction() as repo:
-            claimed = repo.claim_task(message.task_id, self._options.lease_seconds, message_id, dequeue_count)
+            claimed = repo.claim_task(message.task_id, self._options.lease_seconds, origin, delivery)
             state = None if claimed else repo.describe_task_state(message.task_id)
         if claimed is None:
             if state is None:
@@ -98,19 +113,21 @@ class TaskRunner:
                     state["lease_live"],
                 )
             return
-        log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, dequeue_count)
-        outbox = self._run_and_record(claimed, log)
-        self._relay.publish(outbox)
+        log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, delivery)
+        self._relay.publish(self._run_and_record(claimed, log))
+
+    def retry_policy(self, controller: JobController[Any] | None) -> RetryPolicy:
+        return (controller.retry_policy if controller else None) or self._options.default_retry
 
     def _run_and_record(self, claimed: ClaimedTask, log: logging.LoggerAdapter[logging.Logger]) -> list[OutboxMessage]:
         task = claimed.task
         controller = self._registry.get(claimed.job_type)
         if controller is None:
-            return self._finish(claimed, TaskStatus.FAILED, None, f"unknown job type {claimed.job_type!r}")
+            return self._finish(claimed, TaskStatus.FAILED, None, f"unknown job type {claimed.job_type!r}", "permanent")
         try:
             params = controller.parse_parameters(claimed.job_parameters)
         except ValueError as exc:
-            return self._finish(claimed, TaskStatus.FAILED, None, f"invalid job parameters: {exc}")
+            return self._finish(claimed, TaskStatus.FAILED, None, f"invalid job parameters: {exc}", "permanent")
         context: TaskContext[Any] = TaskContext(
             job_id=task.job_id,
             task_id=task.task_id,
@@ -122,64 +139,69 @@ class TaskRunner:
             predecessor_result=claimed.predecessor_result,
             logger=log,
         )
-        handler = controller.stage(task.stage).handler
         try:
             with self._lease_kept(task.task_id):
-                result = handler(context)
-        except PermanentTaskError as exc:
-            log.warning("task failed permanently: %s", exc)
-            return self._finish(claimed, TaskStatus.FAILED, None, describe_error(exc))
+                result = controller.stage(task.stage).handler(context)
         except Exception as exc:
-            return self._retry_or_fail(claimed, exc, log)
+            return self._after_failure(claimed, classify(exc), self.retry_policy(controller), log)
         problem = result_problem(result)
         if problem:
             log.error("task failed: %s", problem)
-            return self._finish(claimed, TaskStatus.FAILED, None, problem)
+            return self._finish(claimed, TaskStatus.FAILED, None, problem, "permanent")
         log.info("task completed")
-        return self._finish(claimed, TaskStatus.COMPLETED, result, None)
+        return self._finish(claimed, TaskStatus.COMPLETED, result, None, None)
 
-    def _retry_or_fail(
-        self, claimed: ClaimedTask, exc: Exception, log: logging.LoggerAdapter[logging.Logger]
+    def _after_failure(
+        self,
+        claimed: ClaimedTask,
+        error: ClassifiedError,
+        policy: RetryPolicy,
+        log: logging.LoggerAdapter[logging.Logger],
     ) -> list[OutboxMessage]:
-        controller = self._registry.get(claimed.job_type)
-        limit = (controller.max_task_attempts if controller else None) or self._options.default_max_attempts
-        error = describe_error(exc)
-        if claimed.task.attempts >= limit:
-            log.warning("task failed after %d attempts: %s", claimed.task.attempts, error)
-            return self._finish(claimed, TaskStatus.FAILED, None, error)
-        delay = retry_delay_seconds(
-            claimed.task.attempts, self._options.retry_base_seconds, self._options.retry_max_seconds
+        attempts = claimed.task.attempts
+        if not policy.should_retry(error, attempts):
+            why = "permanent error" if error.category is ErrorCategory.PERMANENT else f"{attempts} attempts"
+            log.warning("task failed (%s, %s): %s", why, error.category, error.message)
+            return self._finish(claimed, TaskStatus.FAILED, None, error.message, str(error.category))
+        delay = policy.delay_seconds(error, attempts)
+        log.warning(
+            "task attempt %d failed (%s), retrying in %.1fs: %s", attempts, error.category, delay, error.message
         )
-        log.warning("task attempt %d failed, retrying in %.1fs: %s", claimed.task.attempts, delay, error)
         return self._release_for_retry(claimed, error, delay)
 
     @_record_retry
-    def _release_for_retry(self, claimed: ClaimedTask, error: str, delay: float) -> list[OutboxMessage]:
+    def _release_for_retry(self, claimed: ClaimedTask, error: ClassifiedError, delay: float) -> list[OutboxMessage]:
         task = claimed.task
         with self._db.transaction() as repo:
-            if not repo.release_task_for_retry(task.task_id, error):
+            if not repo.release_task_for_retry(task.task_id, error.message, str(error.category)):
                 return []
-            body = TaskMessage(task_id=task.task_id, job_id=task.job_id).model_dump()
-            return repo.add_outbox_messages("tasks", [body], task.job_id, delay_seconds=delay)
+            return queue_task_messages(repo, task.job_id, claimed.priority, [task.task_id], delay_seconds=delay)
 
     @_record_retry
     def _finish(
-        self, claimed: ClaimedTask, status: TaskStatus, result: dict[str, Any] | None, error: str | None
+        self,
+        claimed: ClaimedTask,
+        status: TaskStatus,
+        result: dict[str, Any] | None,
+        error: str | None,
+        category: str | None,
     ) -> list[OutboxMessage]:
         task = claimed.task
         with self._db.transaction() as repo:
+            job = repo.lock_job(task.job_id)  # lock order: job → task → stage
             counters = repo.finish_task(task.task_id, status, result, error)
-            if counters is None:
+            if job is None or counters is None:
                 return []
+            if category and counters.changed:
+                repo.set_task_error_category(task.task_id, category)
             controller = self._registry.get(claimed.job_type)
             if controller is None:
                 return []
             try:
                 params = controller.parse_parameters(claimed.job_parameters)
             except ValueError:
-                repo.fail_job(task.job_id, "stored job parameters no longer validate")
-                return []
-            return after_task_finished(repo, controller, params, counters)
+                return fail_job(repo, task.job_id, "stored job parameters no longer validate")
+            return after_task_finished(repo, controller, params, counters, job)
 
     @contextmanager
     def _lease_kept(self, task_id: str) -> Iterator[None]:

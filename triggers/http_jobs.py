@@ -60,8 +60,9 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
             "status": str(job.status),
             "status_url": status_url(req, job.job_id),
             "created": submission.created,
+            "restarted": submission.restarted,
         }
-        return json_response(payload, 202 if submission.created else 200)
+        return json_response(payload, 202 if submission.created or submission.restarted else 200)
 
     @bp.function_name("get_job")
     @bp.route(route="jobs/{job_id}", methods=["GET"])
@@ -93,6 +94,28 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
             cursor=req.params.get("cursor") or None,
         )
         return json_response(page)
+
+    @bp.function_name("cancel_job")
+    @bp.route(route="jobs/{job_id}/cancel", methods=["POST"])
+    @json_errors
+    def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
+        job = container.job_control.cancel(req.route_params["job_id"])
+        return json_response(
+            {"job_id": job.job_id, "status": str(job.status), "status_url": status_url(req, job.job_id)}
+        )
+
+    @bp.function_name("retry_job")
+    @bp.route(route="jobs/{job_id}/retry", methods=["POST"])
+    @json_errors
+    def retry_job(req: func.HttpRequest) -> func.HttpResponse:
+        job = container.job_control.retry(req.route_params["job_id"])
+        payload = {
+            "job_id": job.job_id,
+            "status": str(job.status),
+            "stage": job.stage,
+            "status_url": status_url(req, job.job_id),
+        }
+        return json_response(payload, 202)
 
     @bp.function_name("list_job_types")
     @bp.route(route="job-types", methods=["GET"])

@@ -11,6 +11,7 @@ from typing import Any
 import azure.functions as func
 
 from schemas.errors import (
+    ConflictError,
     DatabaseUnavailableError,
     InvalidRequestError,
     NotFoundError,
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (InvalidRequestError, 400),
     (NotFoundError, 404),
+    (ConflictError, 409),
     (PayloadTooLargeError, 413),
     (ServiceUnavailableError, 503),
     (DatabaseUnavailableError, 503),

@@ -1,54 +1,76 @@
-"""Queue triggers of the engine: decode the message, hand it to the orchestrator or task runner.
+"""Queue and timer triggers of the engine: decode, hand to a service, nothing else.
 
-A body that is not a valid message can never succeed: it is logged with its content and
+A body that is not a valid message can never succeed: it is recorded as a dead letter and
 completed (removed) rather than retried into the poison queue.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
 
 import azure.functions as func
-from pydantic import BaseModel, ValidationError
 
 from schemas.messages import JobMessage, TaskMessage
 from services.container import ServiceContainer
+from services.dead_letters import ReceivedMessage, parse_message
 
 logger = logging.getLogger(__name__)
 
-M = TypeVar("M", bound=BaseModel)
 
-
-def decode_message(msg: func.QueueMessage, model: type[M]) -> M | None:
-    body = msg.get_body()
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        logger.error(
-            "invalid %s removed: %s",
-            model.__name__,
-            exc.errors(include_url=False)[:3],
-            extra={"message_id": msg.id, "body": body[:500].decode("utf-8", "replace")},
-        )
-        return None
+def received(msg: func.QueueMessage, queue: str) -> ReceivedMessage:
+    return ReceivedMessage(queue=queue, body=msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count)
 
 
 def create_blueprint(container: ServiceContainer) -> func.Blueprint:
     bp = func.Blueprint()
+    settings = container.settings
+
+    def run_task(msg: func.QueueMessage, logical_queue: str, queue_name: str) -> None:
+        message, problem = parse_message(received(msg, queue_name), TaskMessage)
+        if message is None:
+            container.dead_letters.record(received(msg, queue_name), problem or "invalid")
+            return
+        container.task_runner.handle(
+            message, message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1, queue=logical_queue
+        )
 
     @bp.function_name("process_job_message")
     @bp.queue_trigger(arg_name="msg", queue_name="%JOB_QUEUE%", connection="AzureWebJobsStorage")
     def process_job_message(msg: func.QueueMessage) -> None:
-        message = decode_message(msg, JobMessage)
-        if message is not None:
-            container.orchestrator.handle(message)
+        message, problem = parse_message(received(msg, settings.job_queue), JobMessage)
+        if message is None:
+            container.dead_letters.record(received(msg, settings.job_queue), problem or "invalid")
+            return
+        container.orchestrator.handle(message)
 
     @bp.function_name("process_task_message")
     @bp.queue_trigger(arg_name="msg", queue_name="%TASK_QUEUE%", connection="AzureWebJobsStorage")
     def process_task_message(msg: func.QueueMessage) -> None:
-        message = decode_message(msg, TaskMessage)
-        if message is not None:
-            container.task_runner.handle(message, message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1)
+        run_task(msg, "tasks", settings.task_queue)
+
+    @bp.function_name("process_high_priority_task_message")
+    @bp.queue_trigger(arg_name="msg", queue_name="%HIGH_PRIORITY_TASK_QUEUE%", connection="AzureWebJobsStorage")
+    def process_high_priority_task_message(msg: func.QueueMessage) -> None:
+        run_task(msg, "tasks_high", settings.high_priority_task_queue)
+
+    @bp.function_name("reconcile_poisoned_job_message")
+    @bp.queue_trigger(arg_name="msg", queue_name="%JOB_QUEUE%-poison", connection="AzureWebJobsStorage")
+    def reconcile_poisoned_job_message(msg: func.QueueMessage) -> None:
+        container.dead_letters.reconcile_poisoned_job(received(msg, f"{settings.job_queue}-poison"))
+
+    @bp.function_name("reconcile_poisoned_task_message")
+    @bp.queue_trigger(arg_name="msg", queue_name="%TASK_QUEUE%-poison", connection="AzureWebJobsStorage")
+    def reconcile_poisoned_task_message(msg: func.QueueMessage) -> None:
+        container.dead_letters.reconcile_poisoned_task(received(msg, f"{settings.task_queue}-poison"))
+
+    @bp.function_name("reconcile_poisoned_high_priority_task_message")
+    @bp.queue_trigger(arg_name="msg", queue_name="%HIGH_PRIORITY_TASK_QUEUE%-poison", connection="AzureWebJobsStorage")
+    def reconcile_poisoned_high_priority_task_message(msg: func.QueueMessage) -> None:
+        container.dead_letters.reconcile_poisoned_task(received(msg, f"{settings.high_priority_task_queue}-poison"))
+
+    @bp.function_name("janitor")
+    @bp.timer_trigger(arg_name="timer", schedule="%JANITOR_SCHEDULE%", run_on_startup=False)
+    def janitor(timer: func.TimerRequest) -> None:
+        container.janitor.run()
 
     return bp

@@ -2,8 +2,9 @@
 -- Each block starts with "-- name: <name>"; parameters are psycopg %(name)s placeholders.
 
 -- name: insert_job
-INSERT INTO jobs (job_id, job_type, parameters, total_stages)
-VALUES (%(job_id)s, %(job_type)s, %(parameters)s, %(total_stages)s)
+INSERT INTO jobs (job_id, job_type, parameters, total_stages, priority, max_parallel_tasks, depends_on)
+VALUES (%(job_id)s, %(job_type)s, %(parameters)s, %(total_stages)s, %(priority)s, %(max_parallel_tasks)s,
+        %(depends_on)s)
 ON CONFLICT (job_id) DO NOTHING
 RETURNING *;
 
@@ -48,7 +49,7 @@ RETURNING *;
 WITH skipped AS (
     UPDATE tasks
        SET status = 'skipped', error = %(reason)s, completed_at = now(), updated_at = now()
-     WHERE job_id = %(job_id)s AND status = 'queued'
+     WHERE job_id = %(job_id)s AND status IN ('queued', 'held')
     RETURNING stage
 ), per_stage AS (
     SELECT stage, count(*)::integer AS n FROM skipped GROUP BY stage
@@ -75,8 +76,8 @@ RETURNING stage;
 SELECT * FROM stages WHERE job_id = %(job_id)s ORDER BY stage;
 
 -- name: insert_task
-INSERT INTO tasks (task_id, job_id, stage, task_key, parameters, predecessor_task_id)
-VALUES (%(task_id)s, %(job_id)s, %(stage)s, %(task_key)s, %(parameters)s, %(predecessor_task_id)s);
+INSERT INTO tasks (task_id, job_id, stage, task_key, parameters, predecessor_task_id, status)
+VALUES (%(task_id)s, %(job_id)s, %(stage)s, %(task_key)s, %(parameters)s, %(predecessor_task_id)s, %(status)s);
 
 -- name: completed_results_of_stage
 SELECT task_key, result FROM tasks
@@ -105,13 +106,13 @@ WITH claimed AS (
                 AND (t.lease_expires_at < now()
                      OR (t.claimed_by_message = %(message_id)s
                          AND t.claimed_dequeue_count < %(dequeue_count)s))))
-    RETURNING t.*, j.job_type, j.parameters AS job_parameters
+    RETURNING t.*, j.job_type, j.parameters AS job_parameters, j.priority
 )
 SELECT c.*, p.result AS predecessor_result
   FROM claimed AS c LEFT JOIN tasks AS p ON p.task_id = c.predecessor_task_id;
 
 -- name: describe_task_state
-SELECT t.status, t.lease_expires_at > now() AS lease_live, j.status AS job_status
+SELECT t.status, t.lease_expires_at > now() AS lease_live, j.status AS job_status, t.error, t.attempts
   FROM tasks AS t JOIN jobs AS j USING (job_id)
  WHERE t.task_id = %(task_id)s;
 
@@ -127,9 +128,13 @@ UPDATE tasks SET lease_expires_at = now() + make_interval(secs => %(lease_second
 RETURNING task_id;
 
 -- name: release_task_for_retry
-UPDATE tasks SET status = 'queued', error = %(error)s, lease_expires_at = NULL, updated_at = now()
+UPDATE tasks SET status = 'queued', error = %(error)s, error_category = %(error_category)s,
+       lease_expires_at = NULL, updated_at = now()
  WHERE task_id = %(task_id)s AND status = 'processing'
 RETURNING attempts;
+
+-- name: set_task_error_category
+UPDATE tasks SET error_category = %(error_category)s WHERE task_id = %(task_id)s;
 
 -- name: finish_task
 SELECT * FROM finish_task(%(task_id)s, %(status)s, %(result)s, %(error)s);
@@ -168,3 +173,162 @@ SELECT message_id, queue, body, visible_at FROM outbox
 
 -- name: delete_outbox
 DELETE FROM outbox WHERE message_id = ANY(%(message_ids)s);
+
+-- name: release_held_tasks
+-- Moves held tasks to queued while the job has fewer than max_parallel_tasks queued or running.
+-- The caller locks the job row first (lock_job), so concurrent releasers count consistently.
+WITH inflight AS (
+    SELECT count(*)::integer AS n FROM tasks
+     WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
+), picked AS (
+    SELECT task_id FROM tasks
+     WHERE job_id = %(job_id)s AND status = 'held'
+     ORDER BY stage, task_key
+     LIMIT greatest(0, %(max_parallel_tasks)s - (SELECT n FROM inflight))
+)
+UPDATE tasks SET status = 'queued', updated_at = now()
+ WHERE task_id IN (SELECT task_id FROM picked)
+RETURNING task_id;
+
+-- name: insert_dead_letter
+INSERT INTO dead_letters (queue, message_id, dequeue_count, body, reason, job_id, task_id)
+VALUES (%(queue)s, %(message_id)s, %(dequeue_count)s, %(body)s, %(reason)s, %(job_id)s, %(task_id)s);
+
+-- name: cancel_job
+UPDATE jobs SET status = 'cancelled', error = %(reason)s, completed_at = now(), updated_at = now()
+ WHERE job_id = %(job_id)s AND status IN ('queued', 'processing')
+RETURNING *;
+
+-- name: lock_jobs_shared
+SELECT job_id, status, error FROM jobs WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id FOR SHARE;
+
+-- name: waiting_dependents
+SELECT job_id FROM jobs
+ WHERE status = 'queued' AND depends_on @> ARRAY[%(job_id)s]::text[]
+ ORDER BY job_id
+   FOR UPDATE;
+
+-- name: earliest_unfinished_stage
+SELECT min(stage) AS stage FROM tasks
+ WHERE job_id = %(job_id)s AND status IN ('failed', 'skipped', 'held', 'queued');
+
+-- name: delete_stages_after
+DELETE FROM stages WHERE job_id = %(job_id)s AND stage > %(stage)s;
+
+-- name: reset_unsuccessful_tasks
+UPDATE tasks
+   SET status = 'queued', attempts = 0, error = NULL, error_category = NULL, result = NULL,
+       lease_expires_at = NULL, claimed_by_message = NULL, claimed_dequeue_count = NULL,
+       started_at = NULL, completed_at = NULL, updated_at = now()
+ WHERE job_id = %(job_id)s AND stage = %(stage)s AND status IN ('failed', 'skipped', 'held', 'queued')
+RETURNING task_id;
+
+-- name: hold_tasks
+UPDATE tasks SET status = 'held', updated_at = now()
+ WHERE task_id = ANY(%(task_ids)s) AND status = 'queued';
+
+-- name: recount_stage
+-- Recomputes a stage's counters from its tasks, and closes it if they are all finished.
+WITH counts AS (
+    SELECT count(*) FILTER (WHERE status = 'completed')::integer AS completed,
+           count(*) FILTER (WHERE status = 'failed')::integer AS failed,
+           count(*) FILTER (WHERE status = 'skipped')::integer AS skipped,
+           count(*)::integer AS total
+      FROM tasks WHERE job_id = %(job_id)s AND stage = %(stage)s
+)
+UPDATE stages AS s
+   SET completed_count = c.completed, failed_count = c.failed, skipped_count = c.skipped,
+       task_count = c.total,
+       status = CASE WHEN c.completed + c.failed + c.skipped = c.total THEN 'completed' ELSE 'processing' END,
+       completed_at = CASE WHEN c.completed + c.failed + c.skipped = c.total THEN now() END
+  FROM counts AS c
+ WHERE s.job_id = %(job_id)s AND s.stage = %(stage)s AND s.status = 'processing'
+RETURNING s.status, s.task_count, s.completed_count, s.failed_count, s.skipped_count;
+
+-- name: reopen_job
+UPDATE jobs
+   SET status = %(status)s, stage = %(stage)s, error = NULL, result = NULL, completed_at = NULL,
+       updated_at = now()
+ WHERE job_id = %(job_id)s
+RETURNING *;
+
+-- name: stale_outbox
+SELECT message_id, queue, body, visible_at FROM outbox
+ WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s)
+ ORDER BY message_id
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED;
+
+-- name: expired_leases
+SELECT t.task_id, t.job_id, t.attempts, j.job_type
+  FROM tasks AS t JOIN jobs AS j USING (job_id)
+ WHERE t.status = 'processing' AND t.lease_expires_at < now() - make_interval(secs => %(grace_seconds)s)
+ ORDER BY t.lease_expires_at
+ LIMIT %(limit)s;
+
+-- name: requeue_expired_task
+UPDATE tasks SET status = 'queued', error = %(error)s, error_category = 'transient', lease_expires_at = NULL,
+       updated_at = now()
+ WHERE task_id = %(task_id)s AND status = 'processing'
+   AND lease_expires_at < now() - make_interval(secs => %(grace_seconds)s)
+RETURNING task_id;
+
+-- name: touch_queued_task
+UPDATE tasks SET updated_at = now() WHERE task_id = %(task_id)s AND status = 'queued'
+RETURNING task_id;
+
+-- name: forgotten_queued_tasks
+-- Queued tasks untouched for a long time with no message owed in the outbox: the message was
+-- lost (poisoned without reconciliation, deleted by hand). They get a new one.
+SELECT t.task_id, t.job_id, j.priority
+  FROM tasks AS t JOIN jobs AS j USING (job_id)
+ WHERE t.status = 'queued' AND j.status = 'processing'
+   AND t.updated_at < now() - make_interval(secs => %(older_than_seconds)s)
+   AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.job_id = t.job_id AND o.body->>'task_id' = t.task_id)
+ ORDER BY t.updated_at
+ LIMIT %(limit)s
+   FOR UPDATE OF t SKIP LOCKED;
+
+-- name: stages_needing_repair
+-- Processing stages whose tasks are all finished but whose counters did not close them.
+SELECT s.job_id, s.stage FROM stages AS s JOIN jobs AS j USING (job_id)
+ WHERE s.status = 'processing' AND j.status = 'processing'
+   AND NOT EXISTS (SELECT 1 FROM tasks AS t WHERE t.job_id = s.job_id AND t.stage = s.stage
+                    AND t.status IN ('held', 'queued', 'processing'))
+ LIMIT %(limit)s;
+
+-- name: stalled_jobs
+-- Jobs that owe a job message nobody will send: queued with satisfied dependencies and no
+-- stage yet, or processing whose current stage is missing (fan-out lost) or complete (advance
+-- or finalize lost), with nothing pending in the outbox.
+SELECT j.job_id, j.stage, j.total_stages, s.status AS stage_status
+  FROM jobs AS j LEFT JOIN stages AS s ON s.job_id = j.job_id AND s.stage = j.stage
+ WHERE j.updated_at < now() - make_interval(secs => %(older_than_seconds)s)
+   AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.job_id = j.job_id)
+   AND ((j.status = 'processing' AND (s.stage IS NULL OR s.status = 'completed'))
+        OR (j.status = 'queued' AND s.stage IS NULL
+            AND NOT EXISTS (SELECT 1 FROM jobs AS d WHERE d.job_id = ANY(j.depends_on)
+                             AND d.status NOT IN ('completed', 'completed_with_errors'))))
+ LIMIT %(limit)s;
+
+-- name: touch_job
+UPDATE jobs SET updated_at = now() WHERE job_id = %(job_id)s;
+
+-- name: delete_old_dead_letters
+DELETE FROM dead_letters WHERE received_at < now() - make_interval(secs => %(hours)s * 3600);
+
+-- name: reopen_stage
+-- A stage whose unsuccessful tasks were reset for a retry: recount and mark it processing again.
+WITH counts AS (
+    SELECT count(*) FILTER (WHERE status = 'completed')::integer AS completed,
+           count(*) FILTER (WHERE status = 'failed')::integer AS failed,
+           count(*) FILTER (WHERE status = 'skipped')::integer AS skipped,
+           count(*)::integer AS total
+      FROM tasks WHERE job_id = %(job_id)s AND stage = %(stage)s
+)
+UPDATE stages AS s
+   SET completed_count = c.completed, failed_count = c.failed, skipped_count = c.skipped, task_count = c.total,
+       status = 'processing', completed_at = NULL
+  FROM counts AS c
+ WHERE s.job_id = %(job_id)s AND s.stage = %(stage)s
+RETURNING s.stage;

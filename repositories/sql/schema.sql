@@ -15,8 +15,12 @@ CREATE TABLE jobs (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     started_at    timestamptz,
-    completed_at  timestamptz
+    completed_at  timestamptz,
+    priority      text        NOT NULL DEFAULT 'normal' CHECK (priority IN ('normal', 'high')),
+    max_parallel_tasks integer CHECK (max_parallel_tasks >= 1),
+    depends_on    text[]      NOT NULL DEFAULT '{}'
 );
+CREATE INDEX jobs_depends_on_idx ON jobs USING gin (depends_on) WHERE status = 'queued';
 CREATE INDEX jobs_created_at_idx ON jobs (created_at DESC, job_id DESC);
 CREATE INDEX jobs_status_created_at_idx ON jobs (status, created_at DESC);
 CREATE INDEX jobs_type_created_at_idx ON jobs (job_type, created_at DESC);
@@ -44,8 +48,7 @@ CREATE TABLE tasks (
     task_key             text        NOT NULL CHECK (task_key ~ '^[a-z0-9][a-z0-9_]{0,127}$'),
     parameters           jsonb       NOT NULL DEFAULT '{}'::jsonb,
     predecessor_task_id  text        REFERENCES tasks (task_id) ON DELETE SET NULL,
-    status               text        NOT NULL DEFAULT 'queued'
-                         CHECK (status IN ('queued', 'processing', 'completed', 'failed', 'skipped')),
+    status               text        NOT NULL DEFAULT 'queued',
     attempts             integer     NOT NULL DEFAULT 0,
     result               jsonb,
     error                text,
@@ -58,16 +61,22 @@ CREATE TABLE tasks (
     updated_at           timestamptz NOT NULL DEFAULT now(),
     started_at           timestamptz,
     completed_at         timestamptz,
+    error_category       text        CHECK (error_category IN ('permanent', 'transient', 'throttling')),
     UNIQUE (job_id, stage, task_key),
-    FOREIGN KEY (job_id, stage) REFERENCES stages (job_id, stage) ON DELETE CASCADE
+    FOREIGN KEY (job_id, stage) REFERENCES stages (job_id, stage) ON DELETE CASCADE,
+    -- held: created but not yet released (the job's max_parallel_tasks is reached).
+    CONSTRAINT tasks_status_check
+        CHECK (status IN ('held', 'queued', 'processing', 'completed', 'failed', 'skipped'))
 );
 CREATE INDEX tasks_job_stage_status_idx ON tasks (job_id, stage, status);
+CREATE INDEX tasks_processing_lease_idx ON tasks (lease_expires_at) WHERE status = 'processing';
+CREATE INDEX tasks_queued_updated_idx ON tasks (updated_at) WHERE status = 'queued';
 
 -- Transactional outbox: queue messages written in the same transaction as the state change
 -- that requires them, published after commit, deleted once sent.
 CREATE TABLE outbox (
     message_id  bigserial   PRIMARY KEY,
-    queue       text        NOT NULL CHECK (queue IN ('jobs', 'tasks')),
+    queue       text        NOT NULL CONSTRAINT outbox_queue_check CHECK (queue IN ('jobs', 'tasks', 'tasks_high')),
     body        jsonb       NOT NULL,
     job_id      text        REFERENCES jobs (job_id) ON DELETE CASCADE,
     visible_at  timestamptz NOT NULL DEFAULT now(),
@@ -75,6 +84,21 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_job_id_idx ON outbox (job_id);
 CREATE INDEX outbox_created_at_idx ON outbox (created_at);
+
+-- Messages that could never be processed (not JSON, unknown job/task, poisoned), kept for
+-- inspection; the janitor deletes rows older than the retention setting.
+CREATE TABLE dead_letters (
+    dead_letter_id  bigserial   PRIMARY KEY,
+    queue           text        NOT NULL,
+    message_id      text,
+    dequeue_count   integer,
+    body            text        NOT NULL,
+    reason          text        NOT NULL,
+    job_id          text,
+    task_id         text,
+    received_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX dead_letters_received_at_idx ON dead_letters (received_at);
 
 -- Fan-in. Finishes one task (completed / failed / skipped) if it is not finished yet and
 -- bumps its stage's counter under the stage row lock. Exactly one call per stage returns

@@ -37,6 +37,7 @@ def make_settings(connection_string: str, database: str, **overrides: Any) -> Se
         "postgres_schema": f"t_{secrets.token_hex(4)}",
         "job_queue": f"jobs-{secrets.token_hex(4)}",
         "task_queue": f"tasks-{secrets.token_hex(4)}",
+        "high_priority_task_queue": f"tasks-high-{secrets.token_hex(4)}",
         "db_pool_max_size": 20,
         "task_retry_base_seconds": 0.05,
         "task_retry_max_seconds": 0.2,
@@ -71,11 +72,15 @@ class QueuePump:
     duplicate: bool = False  # deliver every message twice
     concurrent_duplicates: bool = False  # ...at the same time, from two threads
     workers: int = 8
-    delivered: dict[str, int] = field(default_factory=lambda: {"jobs": 0, "tasks": 0})
+    delivered: dict[str, int] = field(default_factory=lambda: {"jobs": 0, "tasks": 0, "tasks_high": 0})
 
     def __post_init__(self) -> None:
         s = self.container.settings
-        self._queues = {"jobs": queue_client(s, s.job_queue), "tasks": queue_client(s, s.task_queue)}
+        self._queues = {
+            "jobs": queue_client(s, s.job_queue),
+            "tasks_high": queue_client(s, s.high_priority_task_queue),
+            "tasks": queue_client(s, s.task_queue),
+        }
         self._pool = ThreadPoolExecutor(self.workers)
         self._copies = ThreadPoolExecutor(self.workers * 2)  # separate pool: no starvation deadlock
         self._lock = threading.Lock()
@@ -86,7 +91,9 @@ class QueuePump:
             self.container.orchestrator.handle(JobMessage.model_validate_json(body))
         else:
             task = TaskMessage.model_validate_json(body)
-            self.container.task_runner.handle(task, message_id=message.id, dequeue_count=message.dequeue_count or 1)
+            self.container.task_runner.handle(
+                task, message_id=message.id, dequeue_count=message.dequeue_count or 1, queue=queue
+            )
         with self._lock:
             self.delivered[queue] += 1
 

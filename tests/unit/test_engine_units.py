@@ -16,7 +16,8 @@ from repositories.migrator import discover_migrations
 from repositories.sql_catalog import parse_named_queries, queries
 from services.identifiers import job_id_for, task_id_for
 from services.job_orchestrator import build_tasks, error_summary
-from services.task_runner import result_problem, retry_delay_seconds
+from services.retry_policy import backoff_seconds
+from services.task_runner import result_problem
 
 HELLO = HelloWorldController()
 
@@ -109,10 +110,10 @@ def test_registry_rejects_duplicate_job_types() -> None:
 
 
 def test_retry_delay_grows_exponentially_with_jitter_and_cap() -> None:
-    assert retry_delay_seconds(1, 1.0, 60.0, rng=lambda: 1.0) == 1.0
-    assert retry_delay_seconds(3, 1.0, 60.0, rng=lambda: 1.0) == 4.0
-    assert retry_delay_seconds(3, 1.0, 60.0, rng=lambda: 0.0) == 2.0
-    assert retry_delay_seconds(20, 1.0, 60.0, rng=lambda: 1.0) == 60.0
+    assert backoff_seconds(1, 1.0, 60.0, rng=lambda: 1.0) == 1.0
+    assert backoff_seconds(3, 1.0, 60.0, rng=lambda: 1.0) == 4.0
+    assert backoff_seconds(3, 1.0, 60.0, rng=lambda: 0.0) == 2.0
+    assert backoff_seconds(20, 1.0, 60.0, rng=lambda: 1.0) == 60.0
 
 
 def test_result_problem_detects_unstorable_results() -> None:

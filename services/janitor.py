@@ -1,0 +1,200 @@
+"""The janitor (timer trigger): keeps every job moving when messages or instances are lost.
+
+Each sweep is independent (one failing does not stop the others), bounded in size, and built
+on guarded statements, so two janitors running at once do no harm. ``run`` returns counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from controllers.registry import JobTypeRegistry
+from repositories.database import Database
+from schemas.jobs import JobPriority, JobStatus, OutboxMessage, StageCounters, TaskStatus
+from schemas.messages import JobAction
+from services.job_lifecycle import dependencies_satisfied, queue_job_message, queue_task_messages
+from services.logging_context import job_logger
+from services.outbox_relay import OutboxRelay
+from services.queue_publisher import OutgoingMessage, QueuePublisher
+from services.retry_policy import RetryPolicy
+from services.stage_flow import after_task_finished, close_stage
+
+logger = logging.getLogger(__name__)
+BATCH = 200
+
+
+@dataclass(frozen=True)
+class JanitorOptions:
+    outbox_grace_seconds: float
+    lease_grace_seconds: float
+    requeue_queued_after_seconds: float
+    stalled_job_after_seconds: float
+    poison_retention_hours: float
+    default_retry: RetryPolicy
+    poison_queues: tuple[str, ...]
+
+
+class Janitor:
+    def __init__(
+        self,
+        db: Database,
+        registry: JobTypeRegistry,
+        relay: OutboxRelay,
+        publisher: QueuePublisher,
+        options: JanitorOptions,
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._relay = relay
+        self._publisher = publisher
+        self._options = options
+
+    def run(self) -> dict[str, int]:
+        report: dict[str, int] = {}
+        sweeps = (
+            ("outbox_republished", self.republish_outbox),
+            ("expired_leases", self.recover_expired_leases),
+            ("lost_task_messages_resent", self.resend_lost_task_messages),
+            ("stages_repaired", self.repair_stages),
+            ("stalled_jobs_resumed", self.resume_stalled_jobs),
+            ("poison_messages_deleted", self.purge_old_poison_messages),
+            ("dead_letters_deleted", self.purge_old_dead_letters),
+        )
+        for name, sweep in sweeps:
+            try:
+                report[name] = sweep()
+            except Exception:
+                logger.exception("janitor sweep %s failed", name)
+                report[name] = -1
+        logger.info("janitor: %s", report, extra={"janitor": report})
+        return report
+
+    def republish_outbox(self) -> int:
+        """Send outbox rows whose publisher died between commit and send."""
+        with self._db.transaction() as repo:
+            stale = repo.stale_outbox(self._options.outbox_grace_seconds, BATCH)
+            if not stale:
+                return 0
+            now = datetime.now(UTC)
+            sent = self._publisher.send_many(
+                [OutgoingMessage(m.queue, m.body, max(0.0, (m.visible_at - now).total_seconds())) for m in stale]
+            )
+            ids = [m.message_id for m, ok in zip(stale, sent, strict=True) if ok]
+            repo.delete_outbox(ids)
+            return len(ids)
+
+    def recover_expired_leases(self) -> int:
+        """Tasks left in processing by a dead instance: re-queue them, or fail them past their attempts."""
+        with self._db.transaction() as repo:
+            expired = repo.expired_leases(self._options.lease_grace_seconds, BATCH)
+        recovered = 0
+        for row in expired:
+            controller = self._registry.get(row["job_type"])
+            policy = (controller.retry_policy if controller else None) or self._options.default_retry
+            with self._db.transaction() as repo:
+                job = repo.lock_job(row["job_id"])
+                if job is None:
+                    continue
+                reason = f"lease expired after attempt {row['attempts']}: the instance running it stopped"
+                outbox: list[OutboxMessage] = []
+                if row["attempts"] >= policy.max_attempts or job.status is not JobStatus.PROCESSING:
+                    counters = repo.finish_task(row["task_id"], TaskStatus.FAILED, None, reason)
+                    if counters is not None and counters.changed and controller is not None:
+                        repo.set_task_error_category(row["task_id"], "transient")
+                        params = controller.parse_parameters(job.parameters)
+                        outbox = after_task_finished(repo, controller, params, counters, job)
+                elif repo.requeue_expired_task(row["task_id"], reason, self._options.lease_grace_seconds):
+                    outbox = queue_task_messages(repo, job.job_id, job.priority, [row["task_id"]])
+                else:
+                    continue
+                recovered += 1
+            job_logger(logger, row["job_id"], row["task_id"]).warning("janitor: %s", reason)
+            self._relay.publish(outbox)
+        return recovered
+
+    def resend_lost_task_messages(self) -> int:
+        """Queued tasks untouched for long with no message owed: their message was lost."""
+        with self._db.transaction() as repo:
+            rows = repo.forgotten_queued_tasks(self._options.requeue_queued_after_seconds, BATCH)
+            outbox: list[OutboxMessage] = []
+            for row in rows:
+                if repo.touch_queued_task(row["task_id"]):
+                    outbox += queue_task_messages(repo, row["job_id"], JobPriority(row["priority"]), [row["task_id"]])
+        self._relay.publish(outbox)
+        return len(outbox)
+
+    def repair_stages(self) -> int:
+        """Stages whose tasks are all finished but which were never closed: recount, close, advance."""
+        with self._db.transaction() as repo:
+            candidates = repo.stages_needing_repair(BATCH)
+        repaired = 0
+        for row in candidates:
+            with self._db.transaction() as repo:
+                job = repo.lock_job(row["job_id"])
+                counts = repo.recount_stage(row["job_id"], row["stage"])
+                controller = self._registry.get(job.job_type) if job else None
+                if job is None or counts is None or counts["status"] != "completed" or controller is None:
+                    continue
+                counters = StageCounters(
+                    True, job.job_id, row["stage"], counts["task_count"], counts["completed_count"],
+                    counts["failed_count"], counts["skipped_count"], closed_stage=True,
+                )  # fmt: skip
+                outbox = after_task_finished(
+                    repo, controller, controller.parse_parameters(job.parameters), counters, job
+                )
+                repaired += 1
+            job_logger(logger, row["job_id"]).warning("janitor: repaired stage %d", row["stage"])
+            self._relay.publish(outbox)
+        return repaired
+
+    def resume_stalled_jobs(self) -> int:
+        """Jobs owed a job message nobody will send (fan-out, advance or finalize lost)."""
+        with self._db.transaction() as repo:
+            stalled = repo.stalled_jobs(self._options.stalled_job_after_seconds, BATCH)
+        resumed = 0
+        for row in stalled:
+            with self._db.transaction() as repo:
+                outbox = self._resume(repo, row)
+                repo.touch_job(row["job_id"])
+            if outbox:
+                resumed += 1
+                job_logger(logger, row["job_id"]).warning("janitor: resumed stalled job at stage %d", row["stage"])
+                self._relay.publish(outbox)
+        return resumed
+
+    def _resume(self, repo: Any, row: dict[str, Any]) -> list[OutboxMessage]:
+        job = repo.lock_job(row["job_id"])
+        controller = self._registry.get(job.job_type) if job else None
+        if job is None or controller is None:
+            return []
+        if job.status is JobStatus.QUEUED:
+            ready = dependencies_satisfied(repo, job.depends_on)
+            return queue_job_message(repo, job.job_id, 1, JobAction.CREATE_STAGE) if ready else []
+        if job.status is not JobStatus.PROCESSING:
+            return []
+        if row["stage_status"] is None:
+            return queue_job_message(repo, job.job_id, job.stage, JobAction.CREATE_STAGE)
+        return close_stage(repo, controller, job.job_id, job.stage)
+
+    def purge_old_poison_messages(self) -> int:
+        """Delete poison-queue messages older than the retention (those no trigger reconciled)."""
+        cutoff = datetime.now(UTC) - timedelta(hours=self._options.poison_retention_hours)
+        deleted = 0
+        for name in self._options.poison_queues:
+            client = self._publisher.client_for_name(name)
+            for _ in range(10):
+                peeked = client.peek_messages(max_messages=32)
+                if not any(m.inserted_on and m.inserted_on < cutoff for m in peeked):
+                    break
+                for message in client.receive_messages(max_messages=32, visibility_timeout=5):
+                    if message.inserted_on and message.inserted_on < cutoff:
+                        client.delete_message(message)
+                        deleted += 1
+        return deleted
+
+    def purge_old_dead_letters(self) -> int:
+        with self._db.transaction() as repo:
+            return repo.delete_old_dead_letters(self._options.poison_retention_hours)

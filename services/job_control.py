@@ -1,0 +1,80 @@
+"""Operator control of running jobs: cancel, retry (and restart on resubmission)."""
+
+from __future__ import annotations
+
+import logging
+
+from repositories.database import Database
+from repositories.engine_repository import EngineRepository
+from schemas.errors import ConflictError, NotFoundError
+from schemas.jobs import JobRecord, JobStatus, OutboxMessage
+from schemas.messages import JobAction
+from services.job_lifecycle import cancel_job, dependencies_satisfied, queue_job_message, queue_task_messages
+from services.logging_context import job_logger
+from services.outbox_relay import OutboxRelay
+
+logger = logging.getLogger(__name__)
+RETRYABLE = (JobStatus.FAILED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELLED)
+
+
+class JobControl:
+    def __init__(self, db: Database, relay: OutboxRelay) -> None:
+        self._db = db
+        self._relay = relay
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Queued tasks are skipped, running ones finish, the job ends cancelled. Idempotent."""
+        with self._db.transaction() as repo:
+            job = repo.lock_job(job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} not found")
+            if job.status is JobStatus.CANCELLED:
+                return job
+            if job.status.is_terminal:
+                raise ConflictError(f"job is already {job.status}; only queued or processing jobs can be cancelled")
+            cancelled, outbox = cancel_job(repo, job_id, "cancelled by request")
+        self._relay.publish(outbox)
+        assert cancelled is not None  # locked and not terminal
+        return cancelled
+
+    def retry(self, job_id: str) -> JobRecord:
+        """Run the failed (and skipped) tasks of a failed / completed_with_errors job again."""
+        with self._db.transaction() as repo:
+            job = repo.lock_job(job_id)
+            if job is None:
+                raise NotFoundError(f"job {job_id} not found")
+            if job.status not in RETRYABLE:
+                raise ConflictError(f"job is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
+            restarted, outbox = self.restart(repo, job)
+        self._relay.publish(outbox)
+        return restarted
+
+    @staticmethod
+    def restart(repo: EngineRepository, job: JobRecord) -> tuple[JobRecord, list[OutboxMessage]]:
+        """Continue the job from its earliest stage with unsuccessful tasks, in the caller's transaction.
+
+        Later stages are deleted and re-planned when that stage completes again (their inputs may
+        change). A job that failed before its stage had tasks re-plans that stage.
+        """
+        locked = repo.lock_job(job.job_id) or job
+        stage = repo.earliest_unfinished_stage(job.job_id) or locked.stage
+        repo.delete_stages_after(job.job_id, stage)
+        log = job_logger(logger, job.job_id)
+        if repo.reopen_stage(job.job_id, stage):
+            task_ids = repo.reset_unsuccessful_tasks(job.job_id, stage)
+            repo.reopen_stage(job.job_id, stage)
+            reopened = repo.reopen_job(job.job_id, JobStatus.PROCESSING, stage)
+            slots = len(task_ids) if locked.max_parallel_tasks is None else locked.max_parallel_tasks
+            repo.hold_tasks(task_ids[slots:])
+            outbox = queue_task_messages(repo, job.job_id, locked.priority, task_ids[:slots])
+            log.warning("job restarted at stage %d: %d tasks re-queued", stage, len(task_ids))
+        elif stage == 1 and not dependencies_satisfied(repo, locked.depends_on):
+            reopened = repo.reopen_job(job.job_id, JobStatus.QUEUED, 1)
+            outbox = []
+            log.warning("job restarted; waiting for its dependencies")
+        else:
+            reopened = repo.reopen_job(job.job_id, JobStatus.PROCESSING, stage)
+            outbox = queue_job_message(repo, job.job_id, stage, JobAction.CREATE_STAGE)
+            log.warning("job restarted: stage %d will be planned again", stage)
+        assert reopened is not None
+        return reopened, outbox
