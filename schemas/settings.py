@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
     db_connect_timeout_seconds: int = Field(default=10, ge=1)
+    db_pool_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # HTTP API.
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -72,6 +72,7 @@ class ServiceContainer:
                 schema=s.postgres_schema,
                 min_size=s.db_pool_min_size,
                 max_size=s.db_pool_max_size,
+                timeout_seconds=s.db_pool_timeout_seconds,
                 breaker=self.breaker("postgres"),
             ),
         )
