@@ -11,8 +11,7 @@ from controllers.base import JobController, JobOutcome, TaskSpec
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
-from schemas.errors import PermanentTaskError
-from schemas.errors import DatabaseUnavailableError
+from schemas.errors import DatabaseUnavailableError, PermanentTaskError
 from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters
 from schemas.messages import JobAction, JobMessage
 from services.deferral import MessageDeferral

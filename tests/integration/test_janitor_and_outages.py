@@ -38,10 +38,10 @@ def container(settings: Settings) -> Iterator[ServiceContainer]:
     c.close()
 
 
-def execute(settings: Settings, statement: str, params: object = None) -> None:
+def execute(settings: Settings, statement: str, params: tuple[object, ...] | None = None) -> None:
     with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
         conn.execute(f"SET search_path TO {settings.postgres_schema}")
-        conn.execute(statement, params)  # type: ignore[arg-type]
+        conn.execute(statement, params)
 
 
 def drain(settings: Settings, queue: str) -> int:
