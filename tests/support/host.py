@@ -55,6 +55,17 @@ class RunningHost:
     log_path: Path
 
     @property
+    def state_file(self) -> Path:
+        return self.log_path.with_suffix(".state.json")
+
+    def worker_pids(self) -> list[int]:
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return []
+        return [int(w["pid"]) for w in state.get("workers", []) if w.get("pid")]
+
+    @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
@@ -69,9 +80,14 @@ class RunningHost:
             return err.code, json.loads(err.read() or b"null")
 
     def wait_for_job(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Poll the status URL; connection errors (every worker restarting at once) are retried."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            code, status = self.request("GET", f"/jobs/{job_id}")
+            try:
+                code, status = self.request("GET", f"/jobs/{job_id}")
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.25)
+                continue
             assert code == 200, status
             if status["status"] in ("completed", "completed_with_errors", "failed", "cancelled"):
                 return status
@@ -90,7 +106,11 @@ class RunningHost:
 
 
 def start_host(
-    settings: Settings, workers: int, log_path: Path, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    workers: int,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> RunningHost:
     port = free_port()
     env = {**os.environ, **settings_environment(settings), **(extra_env or {})}
@@ -113,6 +133,7 @@ def start_host(
             str(log_path.with_suffix(".state.json")),
             "--grace-seconds",
             "10",
+            *(extra_args or []),
         ],
         cwd=PROJECT_ROOT,
         env=env,
