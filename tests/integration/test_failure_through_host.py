@@ -58,7 +58,7 @@ def test_an_always_failing_handler_ends_the_job_within_the_retry_budget(host: Ru
     status = host.wait_for_job(body["job_id"], timeout=60)
     elapsed = time.monotonic() - started
     assert status["status"] == "failed" and "fails on purpose" in status["error"]
-    # 3 attempts with backoff of at most 0.2 s, plus polling: far inside maxDequeueCount × backoff + 30 s.
+    # 3 attempts with backoff of at most 0.2 s, plus polling: far inside maxDequeueCount x backoff + 30 s.
     assert elapsed < 5 * 2 + 30
     code, tasks = host.request("GET", f"/jobs/{body['job_id']}/tasks?stage=1&status=failed")
     assert code == 200 and tasks["tasks"] and all(t["attempts"] == 3 for t in tasks["tasks"])
@@ -136,5 +136,5 @@ def test_cancel_and_retry_over_http(host: RunningHost) -> None:
     assert host.wait_for_job(body["job_id"], timeout=90)["status"] == "completed"
     code, conflict = host.request("POST", f"/jobs/{body['job_id']}/cancel")
     assert code == 409 and "already completed" in conflict["error"]
-    code, missing = host.request("POST", f"/jobs/{'0' * 64}/retry")
+    code, _ = host.request("POST", f"/jobs/{'0' * 64}/retry")
     assert code == 404
