@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pybreaker
@@ -27,6 +29,17 @@ def translate_driver_error(exc: Exception) -> RepositoryError:
     if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
         return DatabaseUnavailableError(f"database busy ({sqlstate}): {exc}")
     return RepositoryError(f"database error ({sqlstate}): {exc}")
+
+
+def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
+    """Pool checkout check without a round trip: an idle connection whose socket is readable has
+    been closed or terminated by the server (it sent an error or EOF), so only then probe it
+    (the probe raises and the pool replaces the connection)."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
 
 
 class Database:
@@ -67,7 +80,7 @@ class Database:
                     timeout=self._timeout,
                     kwargs={"row_factory": dict_row},
                     configure=self._configure,
-                    check=ConnectionPool.check_connection,
+                    check=check_idle_connection,
                     name=f"geoetl-{self.schema}",
                     open=False,
                 )
@@ -89,12 +102,34 @@ class Database:
             raise DatabaseUnavailableError(f"postgres circuit open: {exc}") from exc
 
     @contextmanager
-    def _translated_transaction(self) -> Iterator[EngineRepository]:
+    def _translated_transaction(self, autocommit: bool = False) -> Iterator[EngineRepository]:
         try:
-            with self.pool.connection() as conn, conn.transaction():
-                yield EngineRepository(conn)
+            with self.pool.connection() as conn:
+                if autocommit:
+                    conn.autocommit = True
+                    try:
+                        yield EngineRepository(conn)
+                    finally:
+                        conn.autocommit = False
+                else:
+                    with conn.transaction():
+                        yield EngineRepository(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             raise translate_driver_error(exc) from exc
+
+    @contextmanager
+    def statements(self) -> Iterator[EngineRepository]:
+        """Autocommit: each statement is its own transaction (one round trip instead of three).
+        For single guarded statements (claims) and reads that need no common snapshot."""
+        if self._breaker is None:
+            with self._translated_transaction(autocommit=True) as repo:
+                yield repo
+            return
+        try:
+            with self._breaker.calling(), self._translated_transaction(autocommit=True) as repo:
+                yield repo
+        except pybreaker.CircuitBreakerError as exc:
+            raise DatabaseUnavailableError(f"postgres circuit open: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

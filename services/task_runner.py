@@ -99,7 +99,7 @@ class TaskRunner:
     def _handle(
         self, message: TaskMessage, origin: str, delivery: int, log: logging.LoggerAdapter[logging.Logger]
     ) -> None:
-        with self._db.transaction() as repo:
+        with self._db.statements() as repo:
             claimed = repo.claim_task(message.task_id, self._options.lease_seconds, origin, delivery)
             state = None if claimed else repo.describe_task_state(message.task_id)
         if claimed is None:

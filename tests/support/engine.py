@@ -72,6 +72,7 @@ class QueuePump:
     duplicate: bool = False  # deliver every message twice
     concurrent_duplicates: bool = False  # ...at the same time, from two threads
     workers: int = 8
+    janitor_every: float | None = None  # run the janitor sweeps like the timer trigger would
     delivered: dict[str, int] = field(default_factory=lambda: {"jobs": 0, "tasks": 0, "tasks_high": 0})
 
     def __post_init__(self) -> None:
@@ -121,9 +122,13 @@ class QueuePump:
 
     def run_until(self, done: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
+        next_janitor = time.monotonic() + (self.janitor_every or 0)
         while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError("pump timed out")
+            if self.janitor_every is not None and time.monotonic() >= next_janitor:
+                self.container.janitor.run()
+                next_janitor = time.monotonic() + self.janitor_every
             if self.pump_once() == 0:
                 time.sleep(0.05)
 
