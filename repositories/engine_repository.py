@@ -187,8 +187,8 @@ class EngineRepository(ControlQueries, MaintenanceQueries):
     def describe_task_state(self, task_id: str) -> dict[str, Any] | None:
         return self._one("describe_task_state", {"task_id": task_id})
 
-    def renew_task_lease(self, task_id: str, lease_seconds: int) -> bool:
-        return self._one("renew_task_lease", {"task_id": task_id, "lease_seconds": lease_seconds}) is not None
+    def renew_task_leases(self, task_ids: Sequence[str], lease_seconds: int) -> int:
+        return self._run("renew_task_leases", {"task_ids": list(task_ids), "lease_seconds": lease_seconds})
 
     def release_task_for_retry(self, task_id: str, error: str, category: str) -> bool:
         params = {"task_id": task_id, "error": error, "error_category": category}

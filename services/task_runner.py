@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +28,7 @@ from schemas.messages import TaskMessage
 from services.deferral import MessageDeferral
 from services.error_classification import ClassifiedError, ErrorCategory, classify
 from services.job_lifecycle import fail_job, queue_task_messages
+from services.lease_keeper import LeaseKeeper
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
 from services.retry_policy import RetryPolicy
@@ -82,6 +80,7 @@ class TaskRunner:
         self._relay = relay
         self._deferral = deferral
         self._options = options
+        self._leases = LeaseKeeper(db, options.lease_seconds)
 
     def handle(self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1, queue: str = "tasks") -> None:
         """Entry point of the task queue triggers (``queue`` is the logical queue it came from)."""
@@ -140,7 +139,7 @@ class TaskRunner:
             logger=log,
         )
         try:
-            with self._lease_kept(task.task_id):
+            with self._leases.kept(task.task_id):
                 result = controller.stage(task.stage).handler(context)
         except Exception as exc:
             return self._after_failure(claimed, classify(exc), self.retry_policy(controller), log)
@@ -202,25 +201,3 @@ class TaskRunner:
             except ValueError:
                 return fail_job(repo, task.job_id, "stored job parameters no longer validate")
             return after_task_finished(repo, controller, params, counters, job)
-
-    @contextmanager
-    def _lease_kept(self, task_id: str) -> Iterator[None]:
-        """Renew the task's lease every lease/3 seconds while the handler runs."""
-        stop = threading.Event()
-        interval = max(1.0, self._options.lease_seconds / 3)
-
-        def renew() -> None:
-            while not stop.wait(interval):
-                try:
-                    with self._db.transaction() as repo:
-                        repo.renew_task_lease(task_id, self._options.lease_seconds)
-                except Exception:
-                    logger.warning("could not renew lease", extra={"task_id": task_id}, exc_info=True)
-
-        keeper = threading.Thread(target=renew, name=f"lease-{task_id[-24:]}", daemon=True)
-        keeper.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            keeper.join(timeout=interval)

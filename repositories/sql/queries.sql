@@ -122,10 +122,9 @@ SELECT task_key, error FROM tasks
  ORDER BY completed_at
  LIMIT %(limit)s;
 
--- name: renew_task_lease
+-- name: renew_task_leases
 UPDATE tasks SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
- WHERE task_id = %(task_id)s AND status = 'processing'
-RETURNING task_id;
+ WHERE task_id = ANY(%(task_ids)s) AND status = 'processing';
 
 -- name: release_task_for_retry
 UPDATE tasks SET status = 'queued', error = %(error)s, error_category = %(error_category)s,

@@ -201,3 +201,26 @@ def test_repository_breaker_opens_and_fails_fast(settings: Settings) -> None:
         assert time.monotonic() - started < 0.5, "an open circuit fails fast"
     finally:
         broken.close()
+
+
+def test_lease_keeper_renews_leases_of_running_tasks_only(container: ServiceContainer, settings: Settings) -> None:
+    from services.lease_keeper import LeaseKeeper
+
+    job_id = container.job_service.submit("hello_world", {"n": 2, "message": "lease"}).job.job_id
+    container.orchestrator.create_stage(job_id, 1)
+    running, idle = f"{job_id}-s1-item_0000", f"{job_id}-s1-item_0001"
+    with container.db.transaction() as repo:
+        assert repo.claim_task(running, 5, "m-run", 1) and repo.claim_task(idle, 5, "m-idle", 1)
+    execute(settings, "UPDATE tasks SET lease_expires_at = now() + interval '1 second' WHERE job_id = %s", (job_id,))
+    keeper = LeaseKeeper(container.db, lease_seconds=60)
+    with keeper.kept(running):
+        assert keeper.renew_now() == 1
+    assert keeper.active() == []
+    leases = dict(
+        sql(
+            settings,
+            "SELECT task_id, lease_expires_at > now() + interval '30 seconds' FROM tasks WHERE job_id = %s",
+            (job_id,),
+        )
+    )
+    assert leases == {running: True, idle: False}

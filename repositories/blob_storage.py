@@ -1,0 +1,259 @@
+"""Blob access: uploads from file in blocks, range downloads, listing, and GDAL ``/vsiaz/`` access.
+
+Azure SDK errors are translated at this boundary (like ``repositories/database.py`` does for
+Postgres): a missing container or blob → ``BlobNotFoundError`` (permanent); 429 and 503
+ServerBusy → ``ThrottlingError`` with the service's Retry-After; other 5xx, timeouts and
+connection failures → ``StorageUnavailableError`` (transient); other 4xx → ``BlobAccessDeniedError``
+(permanent). The SDK's own retry policy runs first, so these are what is left after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
+
+from schemas.errors import BlobAccessDeniedError, BlobNotFoundError, StorageUnavailableError, ThrottlingError
+from services.error_classification import parse_retry_after
+
+MIB = 1024 * 1024
+# GDAL reads /vsiaz/ in chunks of this size: fewer, larger range requests (a 16 KiB default makes
+# a 400 MB read ~4x slower against Azurite and costs one request per 16 KiB on Azure).
+GDAL_READ_CHUNK_BYTES = 4 * MIB
+
+# Azurite's well-known development account (public, documented by Microsoft), for the
+# "UseDevelopmentStorage=true" shorthand, which the SDK understands and GDAL does not.
+_DEV_ACCOUNT = "devstoreaccount1"
+_DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+_DEV_CONNECTION_STRING = (
+    f"DefaultEndpointsProtocol=http;AccountName={_DEV_ACCOUNT};AccountKey={_DEV_KEY};"
+    f"BlobEndpoint=http://127.0.0.1:10000/{_DEV_ACCOUNT};"
+)
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    container: str
+    name: str
+    size: int
+    etag: str
+    last_modified: datetime | None
+    content_type: str | None
+
+
+@dataclass(frozen=True)
+class UploadedBlob:
+    container: str
+    name: str
+    size: int
+    sha256: str  # hex digest of the uploaded bytes
+
+    def as_output(self) -> dict[str, Any]:
+        return {"container": self.container, "blob": self.name, "bytes": self.size, "sha256": self.sha256}
+
+
+def gdal_connection_string(connection_string: str) -> str:
+    """The connection string GDAL's /vsiaz/ understands (expands the development-storage shorthand)."""
+    settings = dict(part.split("=", 1) for part in connection_string.strip().rstrip(";").split(";") if "=" in part)
+    if settings.get("UseDevelopmentStorage", "").lower() == "true":
+        return _DEV_CONNECTION_STRING
+    return connection_string
+
+
+def _block_id(index: int) -> str:
+    return base64.b64encode(f"block-{index:08d}".encode()).decode()
+
+
+def _error_code(exc: HttpResponseError) -> str | None:
+    return getattr(exc, "error_code", None)
+
+
+def _describe(exc: HttpResponseError) -> str:
+    lines = str(exc.message or exc).splitlines()
+    return f"HTTP {exc.status_code} {_error_code(exc) or ''}: {lines[0] if lines else ''}".strip()
+
+
+@contextmanager
+def _translated(action: str, container: str, name: str | None = None) -> Iterator[None]:
+    """Translate Azure SDK errors raised inside the block into geoetl's error types."""
+    target = f"{container}/{name}" if name else f"container {container}"
+    try:
+        yield
+    except ResourceNotFoundError as exc:
+        missing = f"container {container}" if name is None or _error_code(exc) == "ContainerNotFound" else target
+        raise BlobNotFoundError(f"{action}: {missing} not found") from exc
+    except HttpResponseError as exc:
+        status = exc.status_code or 0
+        if status == 429 or (status == 503 and _error_code(exc) in {"ServerBusy", "OperationTimedOut", None}):
+            headers = getattr(exc.response, "headers", None) or {}
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            raise ThrottlingError(f"{action} {target}: throttled ({_describe(exc)})", retry_after=retry_after) from exc
+        if status >= 500 or status in {408, 0}:
+            raise StorageUnavailableError(f"{action} {target}: {_describe(exc)}") from exc
+        raise BlobAccessDeniedError(f"{action} {target}: {_describe(exc)}") from exc
+    except (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError) as exc:
+        raise StorageUnavailableError(f"{action} {target}: storage unreachable: {exc}") from exc
+
+
+class BlobStorage:
+    """One storage account, reached through a connection string (``AzureWebJobsStorage``)."""
+
+    def __init__(
+        self,
+        connection_string: str,
+        *,
+        upload_block_bytes: int = 16 * MIB,
+        upload_concurrency: int = 4,
+    ) -> None:
+        if upload_block_bytes < 1 or upload_concurrency < 1:
+            raise ValueError("upload_block_bytes and upload_concurrency must be positive")
+        self._connection_string = connection_string
+        self._upload_block_bytes = upload_block_bytes
+        self._upload_concurrency = upload_concurrency
+        self._client: BlobServiceClient | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def upload_buffer_bytes(self) -> int:
+        """Most memory ``upload_file`` holds: the blocks in flight."""
+        return self._upload_block_bytes * self._upload_concurrency
+
+    @property
+    def client(self) -> BlobServiceClient:
+        with self._lock:
+            if self._client is None:
+                self._client = BlobServiceClient.from_connection_string(self._connection_string)
+            return self._client
+
+    # --- containers and properties ------------------------------------------------------------
+
+    def ensure_container(self, container: str) -> None:
+        with _translated("create container", container), suppress(ResourceExistsError):
+            self.client.create_container(container)
+
+    def properties(self, container: str, name: str) -> BlobInfo:
+        with _translated("read properties of", container, name):
+            props = self.client.get_blob_client(container, name).get_blob_properties()
+        return BlobInfo(
+            container=container,
+            name=name,
+            size=int(props.size),
+            etag=str(props.etag),
+            last_modified=props.last_modified,
+            content_type=props.content_settings.content_type if props.content_settings else None,
+        )
+
+    def exists(self, container: str, name: str) -> bool:
+        try:
+            self.properties(container, name)
+        except BlobNotFoundError:
+            return False
+        return True
+
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]:
+        with _translated("list", container):
+            for item in self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None):
+                yield BlobInfo(
+                    container=container,
+                    name=item.name,
+                    size=int(item.size),
+                    etag=str(item.etag),
+                    last_modified=item.last_modified,
+                    content_type=item.content_settings.content_type if item.content_settings else None,
+                )
+
+    def delete(self, container: str, name: str) -> bool:
+        """Delete a blob (and its snapshots); False when it did not exist."""
+        try:
+            with _translated("delete", container, name):
+                self.client.get_blob_client(container, name).delete_blob(delete_snapshots="include")
+        except BlobNotFoundError:
+            return False
+        return True
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def download_range(self, container: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[offset, offset + length)`` of a blob (to its end when ``length`` is None)."""
+        with _translated("download", container, name):
+            stream = self.client.get_blob_client(container, name).download_blob(offset=offset, length=length)
+            return stream.readall()
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def upload_bytes(self, container: str, name: str, data: bytes, *, content_type: str) -> UploadedBlob:
+        """Write (or overwrite) a small blob in one request."""
+        with _translated("upload", container, name):
+            self.client.get_blob_client(container, name).upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
+            )
+        return UploadedBlob(container, name, len(data), hashlib.sha256(data).hexdigest())
+
+    def upload_file(self, container: str, name: str, path: Path, *, content_type: str) -> UploadedBlob:
+        """Write (or overwrite) a blob from a local file, reading it once in blocks.
+
+        Blocks are hashed in order while up to ``upload_concurrency`` of them are in flight, so
+        memory stays at ``upload_block_bytes * upload_concurrency`` whatever the file size. The
+        blob appears (or is replaced) atomically when the block list is committed.
+        """
+        size = path.stat().st_size
+        if size <= self._upload_block_bytes:
+            return self.upload_bytes(container, name, path.read_bytes(), content_type=content_type)
+        blob = self.client.get_blob_client(container, name)
+        digest = hashlib.sha256()
+        block_ids: list[BlobBlock] = []
+        with (
+            _translated("upload", container, name),
+            ThreadPoolExecutor(self._upload_concurrency, thread_name_prefix="blob-upload") as pool,
+            path.open("rb") as source,
+        ):
+            in_flight: list[Future[Any]] = []
+            while block := source.read(self._upload_block_bytes):
+                digest.update(block)
+                block_id = _block_id(len(block_ids))
+                block_ids.append(BlobBlock(block_id=block_id))
+                in_flight.append(pool.submit(blob.stage_block, block_id, block, length=len(block)))
+                if len(in_flight) >= self._upload_concurrency:
+                    in_flight.pop(0).result()
+            for future in in_flight:
+                future.result()
+            blob.commit_block_list(block_ids, content_settings=ContentSettings(content_type=content_type))
+        return UploadedBlob(container, name, size, digest.hexdigest())
+
+    # --- GDAL -------------------------------------------------------------------------------
+
+    @staticmethod
+    def vsiaz_path(container: str, name: str) -> str:
+        """The GDAL virtual path of a blob, read in place with HTTP range requests."""
+        return f"/vsiaz/{container}/{name}"
+
+    def gdal_options(self) -> dict[str, str]:
+        """GDAL configuration options for /vsiaz/ access to this account (pass to ``rasterio.Env``)."""
+        return {
+            "AZURE_STORAGE_CONNECTION_STRING": gdal_connection_string(self._connection_string),
+            # Do not list the container looking for sidecar files (.aux.xml, .ovr, .msk).
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            "CPL_VSIL_CURL_CHUNK_SIZE": str(GDAL_READ_CHUNK_BYTES),
+            # No process-wide cache of blob sizes and bytes: a blob replaced under the same name
+            # (a fixed input resubmitted, a re-run overwriting an output) is always read afresh.
+            "CPL_VSIL_CURL_NON_CACHED": "/vsiaz/",
+            # GDAL retries 429/5xx itself with backoff before reporting an error.
+            "GDAL_HTTP_MAX_RETRY": "4",
+            "GDAL_HTTP_RETRY_DELAY": "1",
+        }
