@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
+from repositories.engine_repository import EngineRepository
 from schemas.jobs import OutboxMessage, TaskStatus
 from schemas.messages import JobMessage, TaskMessage
 from services.job_lifecycle import fail_job
@@ -51,6 +52,20 @@ def parse_message(received: ReceivedMessage, model: type[M]) -> tuple[M | None, 
         return None, f"not a valid {model.__name__}: {where}: {first['msg']}"
 
 
+def insert_dead_letter(
+    repo: EngineRepository, received: ReceivedMessage, reason: str, job_id: str | None = None, task_id: str | None = None
+) -> None:
+    repo.insert_dead_letter(
+        queue=received.queue,
+        body=received.text,
+        reason=reason,
+        message_id=received.message_id,
+        dequeue_count=received.dequeue_count,
+        job_id=job_id,
+        task_id=task_id,
+    )
+
+
 class DeadLetterHandler:
     def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay) -> None:
         self._db = db
@@ -61,15 +76,7 @@ class DeadLetterHandler:
         self, received: ReceivedMessage, reason: str, job_id: str | None = None, task_id: str | None = None
     ) -> None:
         with self._db.transaction() as repo:
-            repo.insert_dead_letter(
-                queue=received.queue,
-                body=received.text,
-                reason=reason,
-                message_id=received.message_id,
-                dequeue_count=received.dequeue_count,
-                job_id=job_id,
-                task_id=task_id,
-            )
+            insert_dead_letter(repo, received, reason, job_id, task_id)
         logger.error("dead letter from %s: %s", received.queue, reason, extra={"job_id": job_id, "task_id": task_id})
 
     def reconcile_poisoned_task(self, received: ReceivedMessage) -> None:
@@ -96,15 +103,7 @@ class DeadLetterHandler:
                     repo.set_task_error_category(message.task_id, "transient")
                     params = controller.parse_parameters(job.parameters)
                     outbox = after_task_finished(repo, controller, params, counters, job)
-            repo.insert_dead_letter(
-                queue=received.queue,
-                body=received.text,
-                reason=reason,
-                message_id=received.message_id,
-                dequeue_count=received.dequeue_count,
-                job_id=message.job_id,
-                task_id=message.task_id,
-            )
+            insert_dead_letter(repo, received, reason, message.job_id, message.task_id)
         log.error("poisoned task message reconciled: %s", reason)
         self._relay.publish(outbox)
 
@@ -125,13 +124,6 @@ class DeadLetterHandler:
                 outbox = fail_job(repo, message.job_id, reason)
             else:
                 reason += "; stale (the job no longer waits for it), job left as is"
-            repo.insert_dead_letter(
-                queue=received.queue,
-                body=received.text,
-                reason=reason,
-                message_id=received.message_id,
-                dequeue_count=received.dequeue_count,
-                job_id=message.job_id,
-            )
+            insert_dead_letter(repo, received, reason, message.job_id)
         job_logger(logger, message.job_id).error("poisoned job message reconciled: %s", reason)
         self._relay.publish(outbox)
