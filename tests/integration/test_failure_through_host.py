@@ -138,3 +138,17 @@ def test_cancel_and_retry_over_http(host: RunningHost) -> None:
     assert code == 409 and "already completed" in conflict["error"]
     code, _ = host.request("POST", f"/jobs/{'0' * 64}/retry")
     assert code == 404
+
+
+def test_a_high_priority_job_overtakes_a_bulk_backlog(host: RunningHost) -> None:
+    code, bulk = host.request("POST", "/jobs/hello_world", {"n": 400, "message": "bulk", "sleep_ms": 250})
+    assert code == 202
+    time.sleep(1.0)  # the bulk job's 400 tasks are queued ahead
+    code, urgent = host.request("POST", "/jobs/hello_world", {"n": 3, "message": "urgent", "priority": "high"})
+    assert code == 202
+    urgent_status = host.wait_for_job(urgent["job_id"], timeout=60)
+    code, bulk_status = host.request("GET", f"/jobs/{bulk['job_id']}")
+    assert urgent_status["status"] == "completed" and urgent_status["priority"] == "high"
+    assert bulk_status["status"] == "processing", "the urgent job finished while the backlog was still running"
+    code, _ = host.request("POST", f"/jobs/{bulk['job_id']}/cancel")
+    assert code == 200
