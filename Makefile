@@ -1,0 +1,92 @@
+# geoetl developer entry points (GNU make). `make help` lists them.
+#
+# `make deps` installs only what is missing or out of date: stamp files record the requirements
+# and package-lock.json that were last installed, so a second run does nothing.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PY_STAMP := $(VENV)/.geoetl-requirements.stamp
+NODE_STAMP := node_modules/.geoetl-package-lock.stamp
+PYTEST_FLAGS ?= --durations=10
+BENCH_ARGS ?=
+
+.PHONY: help deps python-deps node-deps run up down status migrate test lint bench clean distclean
+
+help:
+	@echo "make deps     install .venv (requirements-dev.txt) and node_modules (Azurite) when missing or changed"
+	@echo "make run      bring the local stack up, run the demo job, print it, stop what it started"
+	@echo "make up       start Postgres (if none), Azurite and the local Functions host on :7071 (detached)"
+	@echo "make down     stop what 'make up' started"
+	@echo "make status   show what is running"
+	@echo "make migrate  apply database migrations"
+	@echo "make test     run the test suite (starts its own Azurite, uses a throwaway database)"
+	@echo "make lint     ruff + mypy"
+	@echo "make bench    throughput benchmark (bench/throughput.py)"
+	@echo "make clean    stop the stack, remove .stack/ and caches; 'make distclean' also removes .venv and node_modules"
+
+deps: python-deps node-deps
+
+python-deps: $(PY_STAMP)
+
+node-deps: $(NODE_STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(PY_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check --no-input -q -r requirements-dev.txt
+	@touch $@
+
+# npm ci wipes node_modules first, so the stamp lives inside it and goes away with it.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+run: deps
+	$(PY) -m devstack run
+
+up: deps
+	$(PY) -m devstack up
+
+down: python-deps
+	$(PY) -m devstack down
+
+status: python-deps
+	$(PY) -m devstack status
+
+migrate: python-deps
+	$(PY) -m devstack migrate
+
+# pytest's exit code 5 means "no tests collected": a failure here, never a silent pass.
+# The exit code is also left in .stack/pytest-exit-code for .ci/run.
+test: deps
+	@mkdir -p .stack; rm -f .stack/pytest-exit-code; set +e; \
+	$(PY) -m pytest $(PYTEST_FLAGS); rc=$$?; echo $$rc > .stack/pytest-exit-code; \
+	if [ $$rc -eq 5 ]; then echo "make test: FAILED - pytest collected no tests (exit code 5)" >&2; fi; \
+	exit $$rc
+
+# Both linters always run; the target fails when either does.
+lint: python-deps
+	@rc=0; \
+	echo "ruff check ."; $(VENV)/bin/ruff check . || rc=1; \
+	echo "mypy ."; $(VENV)/bin/mypy . || rc=1; \
+	exit $$rc
+
+bench: deps
+	$(PY) -m bench.throughput $(BENCH_ARGS)
+
+# Stop the stack (and any test Postgres left in .stack/) before deleting its data directories.
+clean:
+	@if [ -x $(PY) ]; then \
+		$(PY) -m devstack down; \
+		$(PY) -c 'import pathlib, devstack.postgres as pg; [pg.stop_local_server(p.parent) for p in pathlib.Path(".stack").glob("*/postmaster.pid")]'; \
+	fi
+	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache bench/out
+	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -print0 | xargs -0 -r rm -rf
+
+distclean: clean
+	rm -rf $(VENV) node_modules
