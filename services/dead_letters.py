@@ -53,7 +53,11 @@ def parse_message(received: ReceivedMessage, model: type[M]) -> tuple[M | None, 
 
 
 def insert_dead_letter(
-    repo: EngineRepository, received: ReceivedMessage, reason: str, job_id: str | None = None, task_id: str | None = None
+    repo: EngineRepository,
+    received: ReceivedMessage,
+    reason: str,
+    job_id: str | None = None,
+    task_id: str | None = None,
 ) -> None:
     repo.insert_dead_letter(
         queue=received.queue,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -43,7 +43,7 @@ def container(host_settings: Settings) -> Iterator[ServiceContainer]:
     c.close()
 
 
-def wait_for(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
