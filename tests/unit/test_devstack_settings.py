@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import (
-    PROJECT_ROOT,
-    StackError,
-    StackPaths,
+    effective_config,
     ensure_settings_file,
     read_settings_file,
     resolve_config,
+    settings_missing_from_local_file,
 )
+from devstack.stack_state import PROJECT_ROOT, StackError, StackPaths
 
 EXAMPLE = {
     "IsEncrypted": False,
@@ -116,3 +116,17 @@ def test_the_repository_example_settings_describe_the_local_stack() -> None:
     assert (config.postgres.host, config.postgres.port, config.database) == ("127.0.0.1", 5432, "geoetl")
     assert config.uses_local_storage
     assert config.api_port == 7071
+
+
+def test_settings_added_to_the_example_later_are_reported_and_used(paths: StackPaths) -> None:
+    paths.settings_file.write_text('{"Values": {"POSTGRES_DB": "mine"}}', encoding="utf-8")
+    missing = settings_missing_from_local_file(paths)
+    assert missing == {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": "5432", "FLAG": "true"}
+    config = effective_config(paths, {})
+    assert config.database == "mine"  # the local file wins over the example
+    assert config.api_port == 7071  # Host section from the example
+
+
+def test_no_settings_are_missing_from_a_fresh_copy(paths: StackPaths) -> None:
+    ensure_settings_file(paths)
+    assert settings_missing_from_local_file(paths) == {}

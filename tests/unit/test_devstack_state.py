@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from devstack.stack import (
+from devstack.stack import down, effective_config
+from devstack.stack_state import (
     ComponentState,
     StackPaths,
     StackState,
-    down,
-    effective_config,
     load_state,
     pid_alive,
     postmaster,
@@ -92,7 +91,8 @@ def test_pid_alive_is_false_for_an_exited_child() -> None:
 
 
 def test_terminate_group_stops_a_detached_process_group() -> None:
-    script = "import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)"
+    grandchild = "[sys.executable, '-c', 'import time; time.sleep(60)']"
+    script = f"import subprocess, sys, time\nsubprocess.Popen({grandchild})\ntime.sleep(60)"
     child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     time.sleep(0.3)  # let it start the grandchild
     assert pid_alive(child.pid)
