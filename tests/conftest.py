@@ -18,9 +18,11 @@ STACK_DIR = PROJECT_ROOT / ".stack"
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteProcess]:
-    """A private in-memory Azurite on free ports for the whole test session."""
+    """A private Azurite on free ports for the whole test session, persisting to a temp folder:
+    in-memory Azurite pauses for seconds in its periodic queue GC after thousands of messages
+    (see bench/README.md), which would make timing-sensitive tests flaky."""
     location = tmp_path_factory.mktemp("azurite")
-    handle = start_azurite(location=location, in_memory=True, log_file=location / "azurite.log")
+    handle = start_azurite(location=location / "data", in_memory=False, log_file=location / "azurite.log")
     try:
         yield handle
     finally:
