@@ -6,6 +6,7 @@ from typing import Any
 
 from controllers.base import JobController
 from controllers.hello_world import HelloWorldController
+from controllers.process_raster import ProcessRasterController
 from schemas.settings import Settings
 
 
@@ -27,5 +28,12 @@ class JobTypeRegistry:
 
 
 def default_registry(settings: Settings | None = None) -> JobTypeRegistry:
-    """Every job type, built with the resources it needs from ``settings``."""
-    return JobTypeRegistry([HelloWorldController()])
+    """Every job type, built with the resources it needs from ``settings``.
+
+    Without settings only the job types that need no resources are built (process_raster needs
+    blob storage).
+    """
+    controllers: list[JobController[Any]] = [HelloWorldController()]
+    if settings is not None:
+        controllers.append(ProcessRasterController.from_settings(settings))
+    return JobTypeRegistry(controllers)

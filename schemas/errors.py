@@ -80,3 +80,19 @@ class ThrottlingError(TransientTaskError):
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# --- blob storage errors (Azure SDK errors translated in repositories/blob_storage.py) -----------
+
+
+class BlobNotFoundError(PermanentTaskError):
+    """The container or blob does not exist."""
+
+
+class BlobAccessDeniedError(PermanentTaskError):
+    """Storage refused the request (authentication, authorisation, bad request): retrying will not help."""
+
+
+class StorageUnavailableError(TransientTaskError):
+    """Server errors (5xx), timeouts or connection failures: retrying may succeed. Throttling (429,
+    503 ServerBusy) is a ``ThrottlingError`` instead, carrying the service's Retry-After."""

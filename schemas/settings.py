@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.blob_names import ContainerName
+
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9]|-[a-z0-9]){1,61}[a-z0-9]?$"
 
@@ -60,6 +62,19 @@ class Settings(BaseSettings):
     janitor_requeue_queued_after_seconds: float = Field(default=900.0, ge=1)
     janitor_stalled_job_after_seconds: float = Field(default=120.0, ge=1)
     poison_retention_hours: float = Field(default=168.0, gt=0)
+
+    # Raster jobs (process_raster).
+    bronze_container: ContainerName = "bronze"  # default input container
+    silver_container: ContainerName = "silver"  # default output container
+    # Peak RSS one raster task may use; sources larger than fits are converted as a grid of tiles.
+    raster_task_memory_budget_bytes: int = Field(default=1024**3, ge=16 * 1024**2)
+    # RSS of an idle worker process (interpreter, GDAL, SDKs), counted in every task's budget.
+    raster_worker_baseline_bytes: int = Field(default=320 * 1024**2, ge=0)
+    # Threads GDAL uses inside one task (compression, decoding, overviews).
+    gdal_threads: int = Field(default=2, ge=1, le=64)
+    # COG conversions one process runs at a time (the others wait), so a process holds at most this
+    # many task budgets however many messages the host hands it.
+    raster_conversions_per_process: int = Field(default=1, ge=1, le=64)
 
     log_level: str = "INFO"
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from devstack import __main__ as cli
-from devstack.stack import StackConfig, StackError, api_ready, resolve_config
+from devstack.stack import StackConfig, api_ready, resolve_config
+from devstack.stack_state import StackError
 
 
 def job_document(status: str, stage: int, percent: float, tasks: dict[str, int]) -> dict[str, Any]:
@@ -108,11 +109,20 @@ def finishing_api() -> Iterator[FakeJobsApi]:
         yield api
 
 
-def test_demo_job_is_a_known_job_with_parameters() -> None:
+def test_demo_job_uploads_a_sample_to_the_stacks_storage(monkeypatch: pytest.MonkeyPatch) -> None:
+    uploaded_to: list[str] = []
+
+    def fake_upload(connection_string: str) -> dict[str, Any]:
+        uploaded_to.append(connection_string)
+        return {"container": "bronze", "blob_name": "samples/terrain.tif", "datetime": "2024-01-01T00:00:00+00:00"}
+
+    monkeypatch.setattr("devstack.sample_raster.upload_demo_raster", fake_upload)
+    config = resolve_config({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, {}, {})
+    monkeypatch.setattr(cli.stack, "effective_config", lambda paths, environ: config)
     job_type, parameters = cli.demo_job()
-    assert job_type == "hello_world"
-    assert parameters["n"] == 20
-    assert isinstance(parameters["message"], str)
+    assert job_type == "process_raster"
+    assert parameters["blob_name"] == "samples/terrain.tif"
+    assert uploaded_to == ["UseDevelopmentStorage=true"]
 
 
 def test_progress_line_is_compact_and_shows_the_current_stage() -> None:

@@ -1,0 +1,291 @@
+"""process_raster: a GeoTIFF in blob storage → Cloud-Optimized GeoTIFF tile(s) + a STAC collection.
+
+Stages (task keys in brackets):
+1. validate [source]   open the source in place through /vsiaz/ and record its metadata; bad input
+                       fails here, at once, with a one-line reason.
+2. plan [source]       lineage from validate: cut the source into tiles that fit the per-task
+                       memory budget (one tile when it fits) and resolve the item datetime.
+3. cog [tile_rR_cC]    fanned out from the plan's tile list (create_tasks reads it): one task per
+                       tile converts its window to a COG and uploads it.
+4. stac [catalog]      one task: the mosaic VRT (more than one tile) and the STAC catalog.
+
+The plan is one task, not one per tile: a tile's plan is a window in a list, and per-tile plan
+tasks would only cost a queue round trip each. Lineage links plan to validate (same key), and the
+cog stage reads the whole plan in create_tasks, so every cog task carries its window.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any, cast
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
+from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from repositories.blob_storage import BlobStorage
+from schemas.blob_names import BlobPath, ContainerName
+from schemas.errors import PermanentTaskError
+from schemas.settings import Settings
+from services.raster.cog import (
+    CogOptions,
+    Compression,
+    OverviewResampling,
+    configure_gdal_block_cache,
+    default_overview_resampling,
+)
+from services.raster.inspect import RasterMetadata
+from services.raster.pipeline import (
+    BlobRef,
+    CatalogTile,
+    convert_tile,
+    publish_catalog,
+    tile_blob,
+    validate_source,
+)
+from services.raster.tiling import COG_BLOCK_SIZE, TaskMemoryModel, TileWindow, TilingError, plan_tiles
+
+COLLECTION_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
+SOURCE_KEY = "source"
+CATALOG_KEY = "catalog"
+
+
+def collection_id_for(blob_name: str) -> str:
+    """A collection id from a blob path: lowercase, extension dropped, other characters as '-'."""
+    stem = str(PurePosixPath(blob_name.lower()).with_suffix(""))
+    slug = re.sub(r"[^a-z0-9_.]+", "-", stem).strip("-._")
+    return slug[:100].rstrip("-._") or "raster"
+
+
+class ProcessRasterParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    container: ContainerName = Field(default="bronze", description="Container holding the source GeoTIFF.")
+    blob_name: BlobPath = Field(description="Path of the source GeoTIFF in the container (no URL, no '..').")
+    output_container: ContainerName = Field(default="silver", description="Container for COGs and STAC.")
+    collection_id: str | None = Field(
+        default=None,
+        pattern=COLLECTION_ID_PATTERN,
+        description="STAC collection id; default derived from the blob name (terrain/dem.tif → terrain-dem).",
+    )
+    compression: Compression = Field(
+        default="deflate", description="COG compression; jpeg/webp only for uint8 RGB(A) (jpeg also 1 band)."
+    )
+    overview_resampling: OverviewResampling | None = Field(
+        default=None, description="Overview resampling; default mode for paletted/categorical, average otherwise."
+    )
+    tile_size: int | None = Field(
+        default=None,
+        ge=COG_BLOCK_SIZE,
+        le=65536,
+        multiple_of=COG_BLOCK_SIZE,
+        description="Side of the tiles the source is cut into, in pixels (a multiple of 512); must fit the "
+        "per-task memory budget. Default: one tile when the source fits the budget, else the largest that fits.",
+    )
+    datetime: AwareDatetime | None = Field(
+        default=None,
+        description="STAC item datetime (ISO 8601 with offset). Default: the TIFF's DateTime tag, else the job's time.",
+    )
+    assume_crs: str | None = Field(
+        default=None, min_length=1, max_length=20000, description="CRS for a source without one (e.g. EPSG:4326)."
+    )
+
+    @field_validator("assume_crs")
+    @classmethod
+    def _known_crs(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                CRS.from_user_input(value)
+            except CRSError as exc:
+                raise ValueError(f"not a CRS GDAL knows: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _derive_collection_id(self) -> ProcessRasterParameters:
+        if self.collection_id is None:
+            self.collection_id = collection_id_for(self.blob_name)
+        return self
+
+    @property
+    def source(self) -> BlobRef:
+        return BlobRef(self.container, self.blob_name)
+
+    @property
+    def resolved_collection_id(self) -> str:
+        return self.collection_id or collection_id_for(self.blob_name)
+
+
+def parameters_model(default_container: str, default_output_container: str) -> type[ProcessRasterParameters]:
+    """The parameter model with the deployment's default containers (BRONZE/SILVER_CONTAINER)."""
+    fields = ProcessRasterParameters.model_fields
+    if (default_container, default_output_container) == (
+        fields["container"].default,
+        fields["output_container"].default,
+    ):
+        return ProcessRasterParameters
+    model = create_model(
+        "ProcessRasterParameters",
+        __base__=ProcessRasterParameters,
+        container=(ContainerName, Field(default=default_container, description=fields["container"].description)),
+        output_container=(
+            ContainerName,
+            Field(default=default_output_container, description=fields["output_container"].description),
+        ),
+    )
+    return cast(type[ProcessRasterParameters], model)
+
+
+@dataclass(frozen=True)
+class RasterJobOptions:
+    memory: TaskMemoryModel
+    gdal_threads: int = 2
+    conversions_per_process: int = 1
+    default_container: str = "bronze"
+    default_output_container: str = "silver"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, storage: BlobStorage) -> RasterJobOptions:
+        return cls(
+            memory=TaskMemoryModel(
+                budget_bytes=settings.raster_task_memory_budget_bytes,
+                worker_baseline_bytes=settings.raster_worker_baseline_bytes,
+                upload_buffer_bytes=storage.upload_buffer_bytes,
+            ),
+            gdal_threads=settings.gdal_threads,
+            conversions_per_process=settings.raster_conversions_per_process,
+            default_container=settings.bronze_container,
+            default_output_container=settings.silver_container,
+        )
+
+
+class ProcessRasterController(JobController[ProcessRasterParameters]):
+    job_type = "process_raster"
+    description = "GeoTIFF in blob storage → Cloud-Optimized GeoTIFF tile(s) and a STAC collection."
+
+    def __init__(self, storage: BlobStorage, options: RasterJobOptions) -> None:
+        self._storage = storage
+        self._options = options
+        # One per process in practice (the container builds the registry once): bounds how many
+        # tile conversions, each up to a task budget, run at once in this process.
+        self._conversion_slots = threading.BoundedSemaphore(options.conversions_per_process)
+        configure_gdal_block_cache(options.memory.gdal_cache_bytes)
+        self.parameters_model = parameters_model(options.default_container, options.default_output_container)
+        self.stages = (
+            StageDefinition("validate", self.validate),
+            StageDefinition("plan", self.plan),
+            StageDefinition("cog", self.convert),
+            StageDefinition("stac", self.catalog),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProcessRasterController:
+        storage = BlobStorage(settings.storage_connection_string.get_secret_value())
+        return cls(storage, RasterJobOptions.from_settings(settings, storage))
+
+    def cog_options(self, params: ProcessRasterParameters, metadata: RasterMetadata | None = None) -> CogOptions:
+        resampling = params.overview_resampling or (
+            default_overview_resampling(metadata) if metadata is not None else "average"
+        )
+        return CogOptions(
+            compression=params.compression, overview_resampling=resampling, threads=self._options.gdal_threads
+        )
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    def validate(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
+        params = ctx.job_parameters
+        report = validate_source(
+            self._storage, params.source, assume_crs=params.assume_crs, options=self.cog_options(params)
+        )
+        return {**report, "observed_at": datetime.now(UTC).isoformat()}
+
+    def plan(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
+        params = ctx.job_parameters
+        if ctx.predecessor_result is None:
+            raise PermanentTaskError(f"task {ctx.task_id} has no validation result")
+        metadata = RasterMetadata.from_dict(ctx.predecessor_result["metadata"])
+        try:
+            tiles = plan_tiles(
+                metadata.width,
+                metadata.height,
+                metadata.count,
+                metadata.itemsize,
+                self._options.memory,
+                tile_side=params.tile_size,
+            )
+        except TilingError as exc:
+            raise PermanentTaskError(str(exc)) from exc
+        self._storage.ensure_container(params.output_container)
+        largest = max(tiles, key=lambda t: t.width * t.height)
+        item_datetime = params.datetime.isoformat() if params.datetime else None
+        return {
+            "metadata": metadata.to_dict(),
+            "item_datetime": item_datetime or metadata.acquired_at or ctx.predecessor_result["observed_at"],
+            "overview_resampling": self.cog_options(params, metadata).overview_resampling,
+            "tiles": [tile.to_dict() for tile in tiles],
+            "estimated_task_peak_bytes": self._options.memory.tile_peak_bytes(
+                largest.width, largest.height, metadata.count, metadata.itemsize
+            ),
+            "memory_budget_bytes": self._options.memory.budget_bytes,
+        }
+
+    def convert(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
+        params = ctx.job_parameters
+        metadata = RasterMetadata.from_dict(ctx.parameters["metadata"])
+        result = convert_tile(
+            self._storage,
+            params.source,
+            metadata,
+            TileWindow.from_dict(ctx.parameters["window"]),
+            BlobRef(params.output_container, tile_blob(params.blob_name, ctx.task_key)),
+            self.cog_options(params, metadata),
+            conversion_slots=self._conversion_slots,
+        )
+        return {**result, "item_datetime": ctx.parameters["item_datetime"]}
+
+    def catalog(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
+        params = ctx.job_parameters
+        tiles = [CatalogTile.from_result(key, result) for key, result in ctx.parameters["tiles"].items()]
+        return publish_catalog(
+            self._storage,
+            params.source,
+            tiles,
+            output_container=params.output_container,
+            collection_id=params.resolved_collection_id,
+        )
+
+    # --- fan-out and fan-in -------------------------------------------------------------------
+
+    def create_tasks(
+        self, stage: int, params: ProcessRasterParameters, previous_results: StageResults
+    ) -> list[TaskSpec]:
+        if stage == 1:
+            return [TaskSpec(SOURCE_KEY)]
+        if stage == 2:
+            return [TaskSpec(SOURCE_KEY, depends_on_predecessor=True)]
+        if stage == 3:
+            plan = previous_results[SOURCE_KEY]
+            shared = {key: plan[key] for key in ("metadata", "item_datetime")}
+            tiles = [TileWindow.from_dict(tile) for tile in plan["tiles"]]
+            return [TaskSpec(tile.key, {**shared, "window": tile.to_dict()}) for tile in tiles]
+        return [TaskSpec(CATALOG_KEY, {"tiles": {key: previous_results[key] for key in sorted(previous_results)}})]
+
+    def finalize(self, params: ProcessRasterParameters, outcome: JobOutcome) -> dict[str, Any]:
+        converted = outcome.results_by_stage.get("cog", {})
+        catalog = outcome.results_by_stage.get("stac", {}).get(CATALOG_KEY, {})
+        tiles = sorted(converted.values(), key=lambda r: (r["window"]["row"], r["window"]["col"]))
+        return {
+            "source": params.source.to_dict(),
+            "tiles": len(tiles),
+            "outputs": {
+                "cogs": [tile["cog"] for tile in tiles],
+                "stac_collection": catalog.get("collection"),
+                "stac_items": catalog.get("items", []),
+                "mosaic_vrt": catalog.get("mosaic_vrt"),
+            },
+        }

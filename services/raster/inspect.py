@@ -1,0 +1,259 @@
+"""What a raster is: one JSON-serialisable metadata record from an open dataset, plus the checks that
+decide whether geoetl can convert it.
+
+``inspect_dataset`` is pure over an open rasterio dataset (a /vsiaz/ source, a local COG): it reads
+headers only, never pixels. ``RasterMetadata`` is what the STAC item builder consumes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import CRSError
+from rasterio.io import DatasetReader
+
+from schemas.errors import PermanentTaskError
+from services.raster.footprint import footprint_wgs84
+
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+MAX_SIDE_PIXELS = 1_000_000
+MAX_BANDS = 256
+MAX_UNCOMPRESSED_BYTES = 1024**4  # 1 TiB
+TIFF_DATETIME_FORMAT = "%Y:%m:%d %H:%M:%S"
+
+DataKind = Literal["categorical", "continuous"]
+NodataValue = float | str | None  # NaN and infinities as "nan", "inf", "-inf" (as STAC raster:bands)
+
+
+class UnsupportedRasterError(PermanentTaskError):
+    """The input is a raster geoetl cannot convert (no CRS, rotated, unsupported type, too large)."""
+
+
+@dataclass(frozen=True)
+class BandMetadata:
+    index: int
+    description: str | None
+    color_interp: str
+    scale: float
+    offset: float
+    unit: str | None
+
+
+@dataclass(frozen=True)
+class RasterMetadata:
+    """Everything later stages and the STAC builder need to know about one raster."""
+
+    driver: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs_wkt: str
+    crs_code: str | None  # "EPSG:32633" when the CRS has one
+    crs_assumed: bool  # the file had no CRS; the job's assume_crs was used
+    transform: tuple[float, float, float, float, float, float]  # affine a, b, c, d, e, f
+    bounds: tuple[float, float, float, float]  # left, bottom, right, top in the raster's CRS
+    bbox_wgs84: tuple[float, float, float, float]  # west, south, east, north; west > east across ±180°
+    footprint_wgs84: dict[str, Any]  # GeoJSON geometry
+    nodata: NodataValue
+    has_dataset_mask: bool  # validity comes from an internal mask band rather than a nodata value
+    colormap: dict[str, list[int]] | None  # band 1 palette: {"value": [r, g, b, a]}
+    data_kind: DataKind
+    block_shape: tuple[int, int]  # rows, columns
+    compression: str | None
+    acquired_at: str | None  # the TIFF DateTime tag as ISO 8601 (taken as UTC), if any
+    bands: tuple[BandMetadata, ...] = field(default_factory=tuple)
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform)
+
+    @property
+    def crs(self) -> CRS:
+        return CRS.from_wkt(self.crs_wkt)
+
+    @property
+    def resolution(self) -> tuple[float, float]:
+        return (abs(self.transform[0]), abs(self.transform[4]))
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype.removeprefix("float").removeprefix("uint").removeprefix("int")) // 8
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        return self.width * self.height * self.count * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RasterMetadata:
+        values = dict(data)
+        values["bands"] = tuple(BandMetadata(**band) for band in values.get("bands", ()))
+        for name in ("transform", "bounds", "bbox_wgs84", "block_shape"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def encode_nodata(value: float | None) -> NodataValue:
+    if value is None:
+        return None
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+def decode_nodata(value: NodataValue) -> float | None:
+    return None if value is None else float(value)
+
+
+def parse_tiff_datetime(text: str | None) -> str | None:
+    """The TIFF DateTime tag ("YYYY:MM:DD HH:MM:SS", no zone: taken as UTC) as ISO 8601, or None."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text.strip(), TIFF_DATETIME_FORMAT).replace(tzinfo=UTC).isoformat()
+    except ValueError:
+        return None
+
+
+def crs_code(crs: CRS) -> str | None:
+    """The CRS as "AUTHORITY:CODE" when it matches one exactly, else None (proj:wkt2 carries it then)."""
+    authority = crs.to_authority(confidence_threshold=100)
+    return f"{authority[0]}:{authority[1]}" if authority else None
+
+
+def resolve_crs(file_crs: CRS | None, assume_crs: str | None) -> tuple[CRS, bool]:
+    """(CRS to use, whether it was assumed). The file's own CRS always wins."""
+    if file_crs is not None and file_crs.to_wkt():
+        return file_crs, False
+    if not assume_crs:
+        raise UnsupportedRasterError('the raster has no CRS; pass assume_crs (for example "EPSG:4326") to set one')
+    try:
+        return CRS.from_user_input(assume_crs), True
+    except CRSError as exc:
+        raise UnsupportedRasterError(f"assume_crs {assume_crs!r} is not a CRS GDAL knows: {exc}") from exc
+
+
+def check_geotransform(dataset: DatasetReader) -> Affine:
+    """The dataset's affine transform, if it is a usable one (north-up or south-up, not rotated)."""
+    transform = dataset.transform
+    if transform.is_identity:
+        if dataset.gcps[0]:
+            raise UnsupportedRasterError("the raster is georeferenced by ground control points only; warp it first")
+        raise UnsupportedRasterError("the raster has no geotransform (no georeferencing)")
+    if transform.b != 0 or transform.d != 0:
+        raise UnsupportedRasterError(
+            "the raster has a rotated or sheared geotransform; warp it to a north-up grid first"
+        )
+    if transform.a == 0 or transform.e == 0:
+        raise UnsupportedRasterError("the raster's geotransform has a zero pixel size")
+    return transform
+
+
+def check_size_and_type(dataset: DatasetReader) -> None:
+    dtypes = set(dataset.dtypes)
+    if len(dtypes) != 1:
+        raise UnsupportedRasterError(f"bands of different data types are not supported: {sorted(dtypes)}")
+    dtype = dataset.dtypes[0]
+    if dtype not in SUPPORTED_DTYPES:
+        raise UnsupportedRasterError(f"data type {dtype} is not supported (supported: {', '.join(SUPPORTED_DTYPES)})")
+    if not (1 <= dataset.width <= MAX_SIDE_PIXELS and 1 <= dataset.height <= MAX_SIDE_PIXELS):
+        raise UnsupportedRasterError(
+            f"raster size {dataset.width}x{dataset.height} is outside 1..{MAX_SIDE_PIXELS} pixels a side"
+        )
+    if not 1 <= dataset.count <= MAX_BANDS:
+        raise UnsupportedRasterError(f"{dataset.count} bands; between 1 and {MAX_BANDS} are supported")
+    itemsize = int(dtype.removeprefix("float").removeprefix("uint").removeprefix("int")) // 8
+    if dataset.width * dataset.height * dataset.count * itemsize > MAX_UNCOMPRESSED_BYTES:
+        raise UnsupportedRasterError(f"the raster is over {MAX_UNCOMPRESSED_BYTES // 1024**4} TiB uncompressed")
+
+
+def colormap_of(dataset: DatasetReader) -> dict[str, list[int]] | None:
+    if dataset.colorinterp[0] is not ColorInterp.palette:
+        return None
+    try:
+        entries = dataset.colormap(1)
+    except ValueError:  # palette interpretation without a color table
+        return None
+    return {str(value): [int(c) for c in rgba] for value, rgba in sorted(entries.items())}
+
+
+def has_dataset_mask(dataset: DatasetReader) -> bool:
+    return MaskFlags.per_dataset in dataset.mask_flag_enums[0] and MaskFlags.alpha not in dataset.mask_flag_enums[0]
+
+
+def inspect_dataset(dataset: DatasetReader, *, assume_crs: str | None = None) -> RasterMetadata:
+    """The metadata record of an open dataset; raises UnsupportedRasterError when it cannot be converted."""
+    check_size_and_type(dataset)
+    transform = check_geotransform(dataset)
+    crs, assumed = resolve_crs(dataset.crs, assume_crs)
+    footprint, bbox = footprint_wgs84(crs, transform, dataset.width, dataset.height)
+    colormap = colormap_of(dataset)
+    left, bottom, right, top = dataset.bounds
+    bands = tuple(
+        BandMetadata(
+            index=index,
+            description=dataset.descriptions[index - 1] or None,
+            color_interp=dataset.colorinterp[index - 1].name,
+            scale=float(dataset.scales[index - 1]),
+            offset=float(dataset.offsets[index - 1]),
+            unit=dataset.units[index - 1] or None,
+        )
+        for index in dataset.indexes
+    )
+    return RasterMetadata(
+        driver=dataset.driver,
+        width=dataset.width,
+        height=dataset.height,
+        count=dataset.count,
+        dtype=dataset.dtypes[0],
+        crs_wkt=crs.to_wkt(),
+        crs_code=crs_code(crs),
+        crs_assumed=assumed,
+        transform=(transform.a, transform.b, transform.c, transform.d, transform.e, transform.f),
+        bounds=(min(left, right), min(bottom, top), max(left, right), max(bottom, top)),
+        bbox_wgs84=bbox,
+        footprint_wgs84=footprint,
+        nodata=encode_nodata(dataset.nodata),
+        has_dataset_mask=dataset.nodata is None and has_dataset_mask(dataset),
+        colormap=colormap,
+        data_kind="categorical" if colormap is not None else "continuous",
+        block_shape=(int(dataset.block_shapes[0][0]), int(dataset.block_shapes[0][1])),
+        compression=dataset.compression.name.lower() if dataset.compression else None,
+        acquired_at=parse_tiff_datetime(dataset.tags().get("TIFFTAG_DATETIME")),
+        bands=bands,
+    )
+
+
+def tiff_truncation_problem(dataset: DatasetReader, file_size: int) -> str | None:
+    """Why a GeoTIFF's data blocks do not fit in ``file_size`` bytes (a truncated upload), or None.
+
+    Reads only the TIFF's block offset and size arrays (headers), not the pixels.
+    """
+    if dataset.driver != "GTiff":
+        return None
+    rows, cols = dataset.block_shapes[0]
+    blocks_down = math.ceil(dataset.height / rows)
+    blocks_across = math.ceil(dataset.width / cols)
+    separate_planes = dataset.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE") == "BAND" and dataset.count > 1
+    end = 0
+    for band in dataset.indexes if separate_planes else (1,):
+        for y in range(blocks_down):
+            for x in range(blocks_across):
+                offset = dataset.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                size = dataset.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                if offset and size:  # a sparse (unwritten) block has neither
+                    end = max(end, int(offset) + int(size))
+    if end > file_size:
+        return f"the file is truncated: its data blocks need {end} bytes but the blob has {file_size}"
+    return None

@@ -1,0 +1,314 @@
+"""The I/O steps of the process_raster job: validate a source in place, convert one tile, publish the
+catalog. Each composes the pure functions of services/raster and services/stac with blob storage;
+controllers/process_raster.py wires them into stages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pystac
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+
+from repositories.blob_storage import BlobStorage
+from schemas.errors import (
+    BlobAccessDeniedError,
+    BlobNotFoundError,
+    PermanentTaskError,
+    StorageUnavailableError,
+    ThrottlingError,
+)
+from services.raster.cog import (
+    COG_MEDIA_TYPE,
+    CogOptions,
+    cog_problems,
+    compression_problem,
+    gdal_config,
+    stage_window,
+    write_cog,
+)
+from services.raster.inspect import RasterMetadata, UnsupportedRasterError, inspect_dataset, tiff_truncation_problem
+from services.raster.memory import release_free_memory, track_peak_rss
+from services.raster.tiling import TileWindow
+from services.raster.vrt import VRT_MEDIA_TYPE, MosaicTile, mosaic_vrt
+from services.stac.builder import AssetFile, build_collection, build_item, write_self_contained
+
+MOSAIC_NAME = "mosaic.vrt"
+# Longest a cog task waits for a conversion slot: well inside the 30 min functionTimeout.
+DEFAULT_SLOT_WAIT_SECONDS = 15 * 60.0
+_TRANSIENT_GDAL_MESSAGES = re.compile(
+    r"HTTP response code: (5\d\d|429|408)|timed out|timeout|Could not resolve|Connection|SSL", re.IGNORECASE
+)
+
+
+class StepTimer:
+    """Wall time of named steps: ``with steps("upload"): ...``; ``seconds`` maps each to its duration."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    container: str
+    blob: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"container": self.container, "blob": self.blob}
+
+
+def output_prefix(source_blob: str) -> str:
+    """``cogs/{source path without extension}``: where a source's tiles (and mosaic) go."""
+    return f"cogs/{PurePosixPath(source_blob).with_suffix('')}"
+
+
+def tile_blob(source_blob: str, tile_key: str) -> str:
+    return f"{output_prefix(source_blob)}/{tile_key}.tif"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+@contextmanager
+def open_raster(path: str) -> Iterator[DatasetReader]:
+    """Open a GeoTIFF (only the GTiff driver: no VRT or other formats that could reach other files),
+    translating GDAL errors: network trouble is transient, anything else means a bad file."""
+    try:
+        with rasterio.open(path, driver="GTiff") as dataset:
+            yield dataset
+    except RasterioError as exc:
+        raise gdal_error(exc, path) from exc
+
+
+def gdal_error(exc: Exception, path: str) -> Exception:
+    message = _one_line(str(exc))
+    if _TRANSIENT_GDAL_MESSAGES.search(message):
+        return StorageUnavailableError(f"reading {path}: {message}")
+    if "HTTP response code: 404" in message or "does not exist" in message:
+        return BlobNotFoundError(f"{path} not found")
+    if re.search(r"HTTP response code: 40[13]", message):
+        return BlobAccessDeniedError(f"reading {path}: {message}")
+    return UnsupportedRasterError(f"cannot be read as a GeoTIFF (corrupt, truncated or not a TIFF): {message}")
+
+
+def check_decodes(dataset: DatasetReader) -> None:
+    """Decode the first and last block: catches corrupt compressed data without reading everything."""
+    rows, cols = dataset.block_shapes[0]
+    last_row, last_col = (dataset.height - 1) // rows * rows, (dataset.width - 1) // cols * cols
+    first = Window(0, 0, min(cols, dataset.width), min(rows, dataset.height))
+    last = Window(last_col, last_row, dataset.width - last_col, dataset.height - last_row)
+    for window in (first, last):
+        dataset.read(window=window)
+
+
+def validate_source(
+    storage: BlobStorage, source: BlobRef, *, assume_crs: str | None, options: CogOptions
+) -> dict[str, Any]:
+    """Check the source in place (headers and two blocks, by range reads) and record its metadata."""
+    info = storage.properties(source.container, source.blob)
+    if info.size == 0:
+        raise UnsupportedRasterError(f"blob {source.container}/{source.blob} is empty (0 bytes)")
+    path = storage.vsiaz_path(source.container, source.blob)
+    with rasterio.Env(**storage.gdal_options()), open_raster(path) as dataset:
+        metadata = inspect_dataset(dataset, assume_crs=assume_crs)
+        truncated = tiff_truncation_problem(dataset, info.size)
+        if truncated:
+            raise UnsupportedRasterError(truncated)
+        try:
+            check_decodes(dataset)
+        except RasterioError as exc:
+            raise gdal_error(exc, path) from exc
+    problem = compression_problem(options.compression, metadata)
+    if problem:
+        raise UnsupportedRasterError(problem)
+    return {
+        "source": {**source.to_dict(), "bytes": info.size, "etag": info.etag},
+        "metadata": metadata.to_dict(),
+    }
+
+
+def convert_tile(
+    storage: BlobStorage,
+    source: BlobRef,
+    metadata: RasterMetadata,
+    window: TileWindow,
+    output: BlobRef,
+    options: CogOptions,
+    *,
+    conversion_slots: threading.Semaphore,
+    slot_wait_seconds: float = DEFAULT_SLOT_WAIT_SECONDS,
+) -> dict[str, Any]:
+    """Stage the window locally, convert it to a COG, validate, upload; record what was written."""
+    steps = StepTimer()
+    path = storage.vsiaz_path(source.container, source.blob)
+    with track_peak_rss() as rss, tempfile.TemporaryDirectory(prefix="geoetl-cog-") as work:
+        staged, cog = Path(work) / "staged.tif", Path(work) / "cog.tif"
+        # The memory-heavy part runs at most N at a time per process. A task that cannot get a slot
+        # in time goes back to the queue (possibly to another instance) rather than run into the
+        # function timeout while it waits.
+        with steps("waited_for_slot"):
+            if not conversion_slots.acquire(timeout=slot_wait_seconds):
+                raise ThrottlingError(f"busy converting other tiles for {slot_wait_seconds:.0f}s", retry_after=30.0)
+        try:
+            with (
+                steps("stage"),
+                rasterio.Env(**storage.gdal_options(), **gdal_config(options)),
+                open_raster(path) as dataset,
+            ):
+                try:
+                    stage_window(dataset, window, staged, crs=metadata.crs)
+                except RasterioError as exc:
+                    raise gdal_error(exc, path) from exc
+            with steps("convert"):
+                write_cog(staged, cog, options, dtype=metadata.dtype)
+                staged.unlink()
+        finally:
+            release_free_memory()
+            conversion_slots.release()
+        with steps("validate"):
+            problems = cog_problems(cog)
+            if problems:
+                raise PermanentTaskError(f"the written COG failed validation: {'; '.join(problems)}")
+            with rasterio.open(cog) as written:
+                tile_metadata = inspect_dataset(written)
+        with steps("upload"):
+            try:
+                uploaded = storage.upload_file(output.container, output.blob, cog, content_type=COG_MEDIA_TYPE)
+            finally:
+                release_free_memory()  # the upload's blocks too
+    return {
+        "cog": uploaded.as_output(),
+        "window": window.to_dict(),
+        "metadata": tile_metadata.to_dict(),
+        "peak_rss_bytes": rss.peak_bytes,
+        "process_id": os.getpid(),
+        "seconds": steps.seconds,
+    }
+
+
+@dataclass(frozen=True)
+class CatalogTile:
+    """One converted tile, as the stac stage receives it from the cog stage."""
+
+    key: str
+    cog: BlobRef
+    size: int
+    sha256: str
+    window: TileWindow
+    metadata: RasterMetadata
+    item_datetime: datetime
+
+    @classmethod
+    def from_result(cls, key: str, result: dict[str, Any]) -> CatalogTile:
+        cog = result["cog"]
+        return cls(
+            key=key,
+            cog=BlobRef(cog["container"], cog["blob"]),
+            size=int(cog["bytes"]),
+            sha256=str(cog["sha256"]),
+            window=TileWindow.from_dict(result["window"]),
+            metadata=RasterMetadata.from_dict(result["metadata"]),
+            item_datetime=datetime.fromisoformat(result["item_datetime"]),
+        )
+
+
+def publish_catalog(
+    storage: BlobStorage,
+    source: BlobRef,
+    tiles: Sequence[CatalogTile],
+    *,
+    output_container: str,
+    collection_id: str,
+) -> dict[str, Any]:
+    """Write the mosaic VRT (more than one tile) and the self-contained STAC catalog; remove stale files."""
+    tiles = sorted(tiles, key=lambda t: (t.window.row, t.window.col))
+    prefix = output_prefix(source.blob)
+    mosaic: BlobRef | None = None
+    if len(tiles) > 1:
+        mosaic = BlobRef(output_container, f"{prefix}/{MOSAIC_NAME}")
+        document = mosaic_vrt([MosaicTile(f"{t.key}.tif", t.window, t.metadata) for t in tiles])
+        storage.upload_bytes(mosaic.container, mosaic.blob, document.encode(), content_type=VRT_MEDIA_TYPE)
+    with tempfile.TemporaryDirectory(prefix="geoetl-stac-") as work:
+        # A local mirror of the output container, so pystac computes relative hrefs between blobs.
+        root = Path(work)
+        items = [
+            build_item(
+                f"{collection_id}-{tile.key}",
+                tile.metadata,
+                AssetFile(href=str(root / tile.cog.blob), size=tile.size, sha256=tile.sha256, title=tile.key),
+                item_datetime=tile.item_datetime,
+            )
+            for tile in tiles
+        ]
+        assets = {}
+        if mosaic is not None:
+            catalog_dir = root / "stac" / collection_id
+            href = Path(*[".."] * len(catalog_dir.relative_to(root).parts)) / mosaic.blob
+            assets["mosaic"] = pystac.Asset(
+                href=str(href), media_type=VRT_MEDIA_TYPE, title="GDAL VRT mosaic of the tiles", roles=["data"]
+            )
+        collection = build_collection(
+            collection_id,
+            items,
+            description=f"Cloud-Optimized GeoTIFF tiles of {source.container}/{source.blob}, made by geoetl.",
+            title=collection_id,
+            assets=assets,
+        )
+        written = [
+            BlobRef(output_container, path.relative_to(root).as_posix())
+            for path in write_self_contained(collection, root / "stac" / collection_id)
+        ]
+        for ref in written:
+            data = (root / ref.blob).read_bytes()
+            storage.upload_bytes(ref.container, ref.blob, data, content_type="application/json")
+    current = {ref.blob for ref in written} | {t.cog.blob for t in tiles} | ({mosaic.blob} if mosaic else set())
+    owned = [(f"stac/{collection_id}/", CATALOG_FILES), (f"{prefix}/", TILE_FILES)]
+    removed = remove_stale_outputs(storage, output_container, owned, current)
+    collection_ref = next(ref for ref in written if ref.blob.endswith("/collection.json"))
+    return {
+        "collection": collection_ref.to_dict(),
+        "items": [ref.to_dict() for ref in written if ref != collection_ref],
+        "mosaic_vrt": mosaic.to_dict() if mosaic else None,
+        "removed_stale": removed,
+    }
+
+
+# What this job writes under each output prefix (direct children only: "cogs/a/" must not reach
+# into "cogs/a/b/", the tiles of another source).
+TILE_FILES = re.compile(r"^(tile_r\d+_c\d+\.tif|mosaic\.vrt)$")
+CATALOG_FILES = re.compile(r"^(collection\.json|[^/]+/[^/]+\.json)$")
+
+
+def remove_stale_outputs(
+    storage: BlobStorage, container: str, owned: Sequence[tuple[str, re.Pattern[str]]], keep: set[str]
+) -> int:
+    """Delete files an earlier run (another tiling) wrote under ``owned`` prefixes and this run did not."""
+    removed = 0
+    for prefix, names in owned:
+        for blob in list(storage.list_blobs(container, prefix)):
+            if blob.name not in keep and names.match(blob.name[len(prefix) :]):
+                removed += storage.delete(container, blob.name)
+    return removed

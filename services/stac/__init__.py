@@ -1,0 +1,1 @@
+"""STAC objects (pystac) built from raster metadata records."""

@@ -1,0 +1,138 @@
+"""Tiny real GeoTIFFs (and broken files) for raster tests, written with rasterio: never a mocked GDAL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.enums import ColorInterp
+from rasterio.transform import Affine, from_origin
+
+from devstack.sample_raster import terrain_strip, write_sample_geotiff
+
+UTM_33N = "EPSG:32633"
+WGS84 = "EPSG:4326"
+PALETTE = {0: (0, 0, 0, 0), 1: (34, 139, 34, 255), 2: (65, 105, 225, 255), 3: (210, 180, 140, 255)}
+
+
+def _write(path: Path, data: np.ndarray[Any, Any], **profile: Any) -> Path:
+    count, height, width = data.shape
+    base = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": data.dtype.name}
+    with rasterio.open(path, "w", **{**base, **profile}) as dataset:
+        dataset.write(data)
+    return path
+
+
+def uint8_rgb(path: Path, width: int = 700, height: int = 500) -> Path:
+    surface = terrain_strip(0, height, width, height)
+    rgb = np.stack([(surface / 6 + shift) % 256 for shift in (0, 60, 120)]).astype("uint8")
+    path = _write(path, rgb, crs=UTM_33N, transform=from_origin(500_000, 6_000_000, 10, 10), photometric="RGB")
+    with rasterio.open(path, "r+") as dataset:
+        dataset.update_tags(TIFFTAG_DATETIME="2021:06:15 10:30:00")
+    return path
+
+
+def uint16_multiband(path: Path, width: int = 600, height: int = 450, bands: int = 4) -> Path:
+    return write_sample_geotiff(
+        path, width=width, height=height, bands=bands, dtype="uint16", nodata=None, crs=UTM_33N, compress="lzw"
+    )
+
+
+def float32_nodata_nan(path: Path, width: int = 520, height: int = 530) -> Path:
+    """EPSG:4326 float32 with nodata -9999 in a corner and NaN pixels elsewhere; band described."""
+    data = terrain_strip(0, height, width, height)[None, ...]
+    data[0, :40, :60] = -9999.0
+    data[0, 100:110, 200:230] = np.nan
+    path = _write(
+        path,
+        data,
+        crs=WGS84,
+        transform=from_origin(10.0, 50.0, 0.001, 0.001),
+        nodata=-9999.0,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+    )
+    with rasterio.open(path, "r+") as dataset:
+        dataset.set_band_description(1, "elevation")
+        dataset.set_band_unit(1, "metre")
+    return path
+
+
+def paletted(path: Path, width: int = 640, height: int = 480) -> Path:
+    surface = terrain_strip(0, height, width, height)
+    classes = np.digitize(surface, [200.0, 600.0, 1000.0]).astype("uint8")[None, ...]
+    path = _write(path, classes, crs=UTM_33N, transform=from_origin(400_000, 5_500_000, 30, 30), nodata=0)
+    with rasterio.open(path, "r+") as dataset:
+        dataset.write_colormap(1, PALETTE)
+        dataset.colorinterp = [ColorInterp.palette]
+    return path
+
+
+def one_pixel(path: Path) -> Path:
+    return _write(path, np.array([[[42.5]]], dtype="float32"), crs=WGS84, transform=from_origin(5.0, 45.0, 0.01, 0.01))
+
+
+def large_for_tiling(path: Path, width: int = 1300, height: int = 1100) -> Path:
+    """uint16 x 2 bands, big enough to be cut into a grid at a small test budget."""
+    return write_sample_geotiff(
+        path, width=width, height=height, bands=2, dtype="uint16", nodata=None, crs=UTM_33N, compress="deflate"
+    )
+
+
+def antimeridian(path: Path) -> Path:
+    """EPSG:4326 from 179.5°E to 180.5°E (written as lon > 180) over Fiji's latitudes."""
+    data = terrain_strip(0, 100, 200, 100)[None, ...]
+    return _write(path, data, crs=WGS84, transform=from_origin(179.5, -16.0, 0.005, 0.005))
+
+
+def no_crs(path: Path) -> Path:
+    data = terrain_strip(0, 64, 64, 64)[None, ...]
+    return _write(path, data, transform=from_origin(1000, 2000, 1, 1))
+
+
+def rotated(path: Path) -> Path:
+    data = terrain_strip(0, 64, 64, 64)[None, ...]
+    transform = Affine(10.0, 2.0, 500_000.0, 2.0, -10.0, 6_000_000.0)
+    return _write(path, data, crs=UTM_33N, transform=transform)
+
+
+def corrupt(path: Path) -> Path:
+    """A real TIFF whose compressed tiles are overwritten with garbage (headers intact)."""
+    source = path.with_suffix(".ok.tif")
+    float32_nodata_nan(source)
+    raw = bytearray(source.read_bytes())
+    with rasterio.open(source) as dataset:
+        offset = int(dataset.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(dataset.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    raw[offset : offset + size] = bytes((i * 37 + 11) % 256 for i in range(size))
+    source.unlink()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def truncated(path: Path) -> Path:
+    """A COG-layout file (headers first, so it still opens) cut to two thirds of its bytes."""
+    source = path.with_suffix(".full.tif")
+    layout = path.with_suffix(".cog.tif")
+    uint16_multiband(source)
+    rasterio.shutil.copy(source, layout, driver="COG", compress="deflate", blocksize=256)
+    data = layout.read_bytes()
+    source.unlink()
+    layout.unlink()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def empty(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+def not_a_raster(path: Path) -> Path:
+    path.write_text("station,lat,lon\nA,50.1,8.6\n")
+    return path

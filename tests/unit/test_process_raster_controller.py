@@ -1,0 +1,151 @@
+"""process_raster parameters (what a 400 says) and the controller's fan-out and result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from controllers.base import JobOutcome
+from controllers.process_raster import (
+    ProcessRasterController,
+    ProcessRasterParameters,
+    RasterJobOptions,
+    collection_id_for,
+)
+from controllers.registry import default_registry
+from repositories.blob_storage import BlobStorage
+from schemas.settings import Settings
+from services.job_service import field_errors
+from services.raster.tiling import MIB, TaskMemoryModel
+
+CONNECTION = "UseDevelopmentStorage=true"
+
+
+def controller(**settings: Any) -> ProcessRasterController:
+    return ProcessRasterController.from_settings(
+        Settings.model_validate({"AzureWebJobsStorage": CONNECTION, **settings})
+    )
+
+
+def errors_of(raw: dict[str, Any]) -> dict[str, str]:
+    with pytest.raises(ValidationError) as caught:
+        controller().parse_parameters(raw)
+    return {error["field"]: error["message"] for error in field_errors(caught.value)}
+
+
+def test_defaults_and_derived_collection_id() -> None:
+    params = controller().parse_parameters({"blob_name": "Surveys 2024/DEM_v2.tif"})
+    assert (params.container, params.output_container, params.compression) == ("bronze", "silver", "deflate")
+    assert params.collection_id == "surveys-2024-dem_v2"
+    assert params.overview_resampling is None and params.tile_size is None and params.datetime is None
+
+
+def test_default_containers_come_from_settings() -> None:
+    params = controller(bronze_container="raw-in", silver_container="cog-out").parse_parameters({"blob_name": "a.tif"})
+    assert (params.container, params.output_container) == ("raw-in", "cog-out")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        ({"blob_name": "../etc/passwd"}, "blob_name", "'..'"),
+        ({"blob_name": "https://evil.example/x.tif"}, "blob_name", "not a URL"),
+        ({"blob_name": "/abs/x.tif"}, "blob_name", "relative"),
+        ({"blob_name": "a//b.tif"}, "blob_name", "empty"),
+        ({"blob_name": "x" * 1025}, "blob_name", "1024"),
+        ({"blob_name": "a.tif", "container": "Bronze"}, "container", "pattern"),
+        ({"blob_name": "a.tif", "container": "ab"}, "container", "at least 3"),
+        ({"blob_name": "a.tif", "output_container": "two--hyphens"}, "output_container", "pattern"),
+        ({"blob_name": "a.tif", "compression": "lzma"}, "compression", "deflate"),
+        ({"blob_name": "a.tif", "tile_size": 1000}, "tile_size", "multiple of 512"),
+        ({"blob_name": "a.tif", "datetime": "2024-01-01T00:00:00"}, "datetime", "timezone"),
+        ({"blob_name": "a.tif", "assume_crs": "EPSG:999999"}, "assume_crs", "not a CRS"),
+        ({"blob_name": "a.tif", "collection_id": "../up"}, "collection_id", "pattern"),
+        ({"blob_name": "a.tif", "overview_resampling": "sinc"}, "overview_resampling", "nearest"),
+        ({"blob_name": "a.tif", "extra": 1}, "extra", "not permitted"),
+        ({}, "blob_name", "required"),
+    ],
+)
+def test_bad_parameters_are_field_errors(raw: dict[str, Any], field: str, fragment: str) -> None:
+    errors = errors_of(raw)
+    assert field in errors and fragment in errors[field], errors
+
+
+@pytest.mark.parametrize(
+    ("blob", "expected"),
+    [("a.tif", "a"), ("Dir/Sub/Scene.TIFF", "dir-sub-scene"), ("___.tif", "raster"), ("x" * 300 + ".tif", "x" * 100)],
+)
+def test_collection_ids_from_blob_names(blob: str, expected: str) -> None:
+    assert collection_id_for(blob) == expected
+
+
+def plan_result(tiles: list[dict[str, int]]) -> dict[str, Any]:
+    return {"metadata": {"dtype": "uint8"}, "item_datetime": "2024-01-01T00:00:00+00:00", "tiles": tiles}
+
+
+def test_fan_out_validate_plan_tiles_and_one_catalog_task() -> None:
+    job = controller()
+    params = job.parse_parameters({"blob_name": "a.tif"})
+    assert [(s.key, s.depends_on_predecessor) for s in job.create_tasks(1, params, {})] == [("source", False)]
+    assert [(s.key, s.depends_on_predecessor) for s in job.create_tasks(2, params, {"source": {}})] == [
+        ("source", True)
+    ]
+    tiles = [
+        {"row": 0, "col": 0, "col_off": 0, "row_off": 0, "width": 512, "height": 100},
+        {"row": 0, "col": 1, "col_off": 512, "row_off": 0, "width": 88, "height": 100},
+    ]
+    cog_tasks = job.create_tasks(3, params, {"source": plan_result(tiles)})
+    assert [t.key for t in cog_tasks] == ["tile_r0_c0", "tile_r0_c1"]
+    assert cog_tasks[1].parameters["window"]["col_off"] == 512
+    assert cog_tasks[1].parameters["item_datetime"] == "2024-01-01T00:00:00+00:00"
+    catalog = job.create_tasks(4, params, {"tile_r0_c1": {"n": 2}, "tile_r0_c0": {"n": 1}})
+    assert [t.key for t in catalog] == ["catalog"]
+    assert list(catalog[0].parameters["tiles"]) == ["tile_r0_c0", "tile_r0_c1"]
+
+
+def test_finalize_lists_outputs_in_tile_order() -> None:
+    job = controller()
+    params = job.parse_parameters({"blob_name": "a.tif"})
+
+    def cog(row: int, col: int) -> dict[str, Any]:
+        blob = f"cogs/a/tile_r{row}_c{col}.tif"
+        return {
+            "cog": {"container": "silver", "blob": blob, "bytes": 1, "sha256": "x"},
+            "window": {"row": row, "col": col},
+        }
+
+    outcome = JobOutcome(
+        results_by_stage={
+            "cog": {"tile_r1_c0": cog(1, 0), "tile_r0_c0": cog(0, 0)},
+            "stac": {"catalog": {"collection": {"container": "silver", "blob": "stac/a/collection.json"}, "items": []}},
+        },
+        failed_by_stage={},
+    )
+    result = job.finalize(params, outcome)
+    assert [c["blob"] for c in result["outputs"]["cogs"]] == ["cogs/a/tile_r0_c0.tif", "cogs/a/tile_r1_c0.tif"]
+    assert result["outputs"]["stac_collection"] == {"container": "silver", "blob": "stac/a/collection.json"}
+
+
+def test_registry_builds_process_raster_from_settings() -> None:
+    registry = default_registry(Settings.model_validate({"AzureWebJobsStorage": CONNECTION}))
+    assert [c.job_type for c in registry.all()] == ["hello_world", "process_raster"]
+    schema = registry.get("process_raster").parameters_model.model_json_schema()  # type: ignore[union-attr]
+    assert schema["required"] == ["blob_name"]
+
+
+def test_the_memory_model_uses_the_settings_and_the_upload_buffers() -> None:
+    storage = BlobStorage(CONNECTION, upload_block_bytes=4 * MIB, upload_concurrency=2)
+    settings = Settings.model_validate(
+        {"AzureWebJobsStorage": CONNECTION, "raster_task_memory_budget_bytes": 512 * MIB, "gdal_threads": 3}
+    )
+    options = RasterJobOptions.from_settings(settings, storage)
+    assert options.memory == TaskMemoryModel(
+        budget_bytes=512 * MIB, worker_baseline_bytes=320 * MIB, upload_buffer_bytes=8 * MIB
+    )
+    assert options.gdal_threads == 3
+
+
+def test_parameters_model_is_the_plain_one_with_default_containers() -> None:
+    assert controller().parameters_model is ProcessRasterParameters
