@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import ClaimedTask, OutboxMessage, TaskStatus
-from schemas.messages import TaskMessage
+from schemas.messages import JobMessage, TaskMessage
 from services.deferral import MessageDeferral
 from services.error_classification import ClassifiedError, ErrorCategory, classify
 from services.job_lifecycle import fail_job, queue_task_messages
@@ -74,7 +75,9 @@ class TaskRunner:
         relay: OutboxRelay,
         deferral: MessageDeferral,
         options: TaskRunnerOptions,
+        job_message_handler: Callable[[JobMessage], None] | None = None,
     ) -> None:
+        self._job_message_handler = job_message_handler
         self._db = db
         self._registry = registry
         self._relay = relay
@@ -113,7 +116,24 @@ class TaskRunner:
                 )
             return
         log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, delivery)
-        self._relay.publish(self._run_and_record(claimed, log))
+        outbox = self._run_and_record(claimed, log)
+        self._relay.publish(outbox)
+        self._hand_off_inline(outbox, log)
+
+    def _hand_off_inline(self, outbox: list[OutboxMessage], log: logging.LoggerAdapter[logging.Logger]) -> None:
+        """The task that closed a stage also runs the next fan-out (or the finalizer) right away, in
+        this instance, instead of waiting for the job queue's poller (up to maxPollingInterval per
+        stage). The job message was published all the same: if this fails or the instance dies,
+        the job queue trigger does the work; if it succeeds, that message finds it done."""
+        if self._job_message_handler is None:
+            return
+        for message in outbox:
+            if message.queue != "jobs":
+                continue
+            try:
+                self._job_message_handler(JobMessage.model_validate(message.body))
+            except Exception:
+                log.warning("inline hand-off failed; the job queue message will do it", exc_info=True)
 
     def retry_policy(self, controller: JobController[Any] | None) -> RetryPolicy:
         return (controller.retry_policy if controller else None) or self._options.default_retry

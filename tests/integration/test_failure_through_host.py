@@ -141,7 +141,7 @@ def test_cancel_and_retry_over_http(host: RunningHost) -> None:
 
 
 def test_a_high_priority_job_overtakes_a_bulk_backlog(host: RunningHost) -> None:
-    code, bulk = host.request("POST", "/jobs/hello_world", {"n": 400, "message": "bulk", "sleep_ms": 250})
+    code, bulk = host.request("POST", "/jobs/hello_world", {"n": 1000, "message": "bulk", "sleep_ms": 400})
     assert code == 202
     time.sleep(1.0)  # the bulk job's 400 tasks are queued ahead
     code, urgent = host.request("POST", "/jobs/hello_world", {"n": 3, "message": "urgent", "priority": "high"})
