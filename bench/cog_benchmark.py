@@ -1,0 +1,356 @@
+"""process_raster's COG conversion against GDAL's COG driver on the same input, and per-task memory.
+
+    python -m bench.cog_benchmark [--size 7168] [--repeats 3] [--big-size 28672] [--no-big] [--workers 2]
+
+One run, on a private stack (bench/common.py: in-memory Azurite, throwaway database, the local host
+with ``--workers`` workers and the default 1 GiB per-task budget):
+
+1. Generates a terrain-like float32 GeoTIFF (devstack/sample_raster.py; ``--size`` px a side, at
+   least 128 MB) and uploads it to bronze.
+2. Repeats, interleaved so machine noise hits both alike: ``rasterio.shutil.copy(..., driver="COG")``
+   with the options process_raster uses (deflate level 6, floating-point predictor, 512 px blocks,
+   average overviews, GDAL threads and cache), from the local file and from the same blob through
+   /vsiaz/, each to a local file; and a process_raster job submitted over HTTP and polled to its end.
+   The cog stage's time is its tasks' span in Postgres (first start to last completion).
+3. Converts a raster of at least 3 GB uncompressed (``--big-size``) and reports every task's peak
+   RSS twice: as the task measured it (a sampling thread in the worker) and as this script sampled
+   the worker process (/proc/<pid>/status every 50 ms) while the task ran.
+
+Prints the figures and writes them to bench/out/cog-benchmark-<UTC>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from rasterio.shutil import copy as gdal_copy
+
+from bench import common, measure
+from devstack.sample_raster import write_sample_geotiff
+from repositories.blob_storage import BlobStorage
+from services.raster.cog import CogOptions, configure_gdal_block_cache, gdal_config
+from services.raster.tiling import MIB, TaskMemoryModel
+
+GIB = 1024 * MIB
+BUDGET = GIB
+BASELINES = {
+    "direct_local": "direct COG driver, local file -> local file",
+    "direct_vsiaz": "direct COG driver, /vsiaz/ blob -> local file",
+    "direct_blob_to_blob": "direct COG driver, /vsiaz/ blob -> blob",
+}
+OURS = {
+    "cog_stage": "geoetl cog stage (blob -> validated COG blob)",
+    "submit_to_completed": "geoetl submit -> completed (4 stages over HTTP)",
+}
+# The issue's targets, against a direct conversion of the same input (the same blob).
+TARGETS = {"cog_stage/direct_vsiaz": 1.15, "submit_to_completed/direct_vsiaz": 1.5}
+
+
+def cog_options() -> CogOptions:
+    """What process_raster uses for continuous float data with the default settings (and the same
+    GDAL block cache in this process as in the workers)."""
+    configure_gdal_block_cache(TaskMemoryModel(budget_bytes=BUDGET, worker_baseline_bytes=320 * MIB).gdal_cache_bytes)
+    return CogOptions(compression="deflate", overview_resampling="average", threads=2)
+
+
+def cog_driver_options(options: CogOptions) -> dict[str, Any]:
+    """The same choices as GDAL COG driver creation options."""
+    return {
+        "compress": options.compression.upper(),
+        "level": options.deflate_level,
+        "predictor": "FLOATING_POINT",
+        "blocksize": 512,
+        "overview_resampling": options.overview_resampling.upper(),
+        "num_threads": str(options.threads),
+        "bigtiff": "IF_SAFER",
+    }
+
+
+def direct_conversion(source: str, destination: Path, env: dict[str, Any], options: CogOptions) -> float:
+    started = time.perf_counter()
+    with rasterio.Env(**env):
+        gdal_copy(source, str(destination), driver="COG", **cog_driver_options(options))
+    elapsed = time.perf_counter() - started
+    destination.unlink()
+    return elapsed
+
+
+def parse_time(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def job_tasks(base_url: str, job_id: str) -> list[dict[str, Any]]:
+    tasks: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = f"?limit=200{'&cursor=' + cursor if cursor else ''}"
+        status, page = measure.http_json("GET", f"{base_url}/api/jobs/{job_id}/tasks{query}")
+        if status != 200:
+            raise RuntimeError(f"listing tasks of {job_id}: HTTP {status} {page}")
+        tasks += page["tasks"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return tasks
+
+
+def run_job(base_url: str, parameters: dict[str, Any], timeout: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    submitted = measure.submit_job(base_url, "process_raster", parameters)
+    job = measure.wait_for_job(base_url, submitted["job_id"], timeout=timeout, poll_interval=0.1)
+    elapsed = time.perf_counter() - started
+    if job["status"] != "completed":
+        raise RuntimeError(f"job {submitted['job_id']} ended {job['status']}: {job.get('error')}")
+    tasks = job_tasks(base_url, submitted["job_id"])
+    cog_tasks = [t for t in tasks if t["stage"] == 3]
+    first_start = min(parse_time(t["started_at"]) for t in cog_tasks)
+    stage_span = max(parse_time(t["completed_at"]) for t in cog_tasks) - first_start
+    return {"job_id": submitted["job_id"], "submit_to_completed_s": elapsed, "cog_stage_s": stage_span, "tasks": tasks}
+
+
+class ProcessRssSampler:
+    """Samples VmRSS of the host's worker processes every ``interval`` seconds, with timestamps."""
+
+    def __init__(self, host: common.HostProcess, interval: float = 0.05) -> None:
+        self._host = host
+        self._interval = interval
+        self.samples: list[tuple[float, int, int]] = []  # (unix time, pid, rss bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    @staticmethod
+    def status_field(pid: int, field: str) -> int | None:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            now = time.time()
+            for pid in common._worker_pids(self._host):
+                rss = self.status_field(pid, "VmRSS")
+                if rss is not None:
+                    self.samples.append((now, pid, rss))
+
+    def __enter__(self) -> ProcessRssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_between(self, pid: int, start: float, end: float) -> int | None:
+        values = [rss for t, p, rss in self.samples if p == pid and start <= t <= end]
+        return max(values) if values else None
+
+
+def per_task_memory(job: dict[str, Any], sampler: ProcessRssSampler | None) -> list[dict[str, Any]]:
+    rows = []
+    for task in sorted(job["tasks"], key=lambda t: (t["stage"], t["task_key"])):
+        result = task["result"] or {}
+        pid = result.get("process_id")
+        row = {
+            "stage": task["stage"],
+            "task": task["task_key"],
+            "seconds": round(parse_time(task["completed_at"]) - parse_time(task["started_at"]), 2),
+            "peak_rss_reported_mib": round(result["peak_rss_bytes"] / MIB) if result.get("peak_rss_bytes") else None,
+            "process_id": pid,
+            "steps_s": result.get("seconds"),
+        }
+        if sampler is not None and pid:
+            sampled = sampler.peak_between(pid, parse_time(task["started_at"]), parse_time(task["completed_at"]))
+            row["peak_rss_sampled_mib"] = round(sampled / MIB) if sampled else None
+        rows.append(row)
+    return rows
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    options = cog_options()
+    report: dict[str, Any] = {
+        "options": cog_driver_options(options),
+        "budget_bytes": BUDGET,
+        "workers": args.workers,
+        "machine_before": measure.background_cpu(),
+    }
+    # Azurite on disk: the big run puts several GB of blobs in it.
+    with common.running_stack(work / "stack", db_prefix="geoetl_cogbench", azurite_in_memory=False) as stack:
+        storage = BlobStorage(stack.storage_connection_string)
+        storage.ensure_container("bronze")
+        settings = stack.app_settings(
+            RASTER_TASK_MEMORY_BUDGET_BYTES=str(BUDGET), GDAL_THREADS=str(options.threads), LOG_LEVEL="WARNING"
+        )
+        log_file = common.OUT_DIR / f"cog-benchmark-host-{common.utc_stamp()}.log"
+        with common.running_host(stack, workers=args.workers, log_file=log_file, settings=settings) as host:
+            report["comparison"] = compare(args, work, storage, host, options)
+            if not args.no_big:
+                report["big"] = big_raster(args, work, storage, host)
+    report["machine_after"] = measure.background_cpu()
+    return report
+
+
+def compare(
+    args: argparse.Namespace, work: Path, storage: BlobStorage, host: common.HostProcess, options: CogOptions
+) -> dict[str, Any]:
+    source = write_sample_geotiff(work / "terrain.tif", width=args.size, height=args.size, seed=1)
+    blob = f"bench/terrain-{args.size}.tif"
+    storage.upload_file("bronze", blob, source, content_type="image/tiff")
+    raw_mb = args.size**2 * 4 / 1e6
+    common.log(
+        f"input {source.stat().st_size / 1e6:.0f} MB file ({args.size}x{args.size} float32, {raw_mb:.0f} MB raw)"
+    )
+    env_local = gdal_config(options)
+    env_remote = {**storage.gdal_options(), **env_local}
+    # GDAL writes a COG to /vsiaz/ through a local temporary file, uploaded when it is closed.
+    env_blob_to_blob = {**env_remote, "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES"}
+    runs: dict[str, list[float]] = {
+        "direct_local": [],
+        "direct_vsiaz": [],
+        "direct_blob_to_blob": [],
+        "cog_stage": [],
+        "submit_to_completed": [],
+    }
+    jobs = []
+    run_job(host.base_url, {"blob_name": blob, "collection_id": "bench-warmup"}, timeout=args.timeout)  # warm-up
+    for repeat in range(args.repeats):
+        runs["direct_local"].append(direct_conversion(str(source), work / "direct.tif", env_local, options))
+        remote = storage.vsiaz_path("bronze", blob)
+        runs["direct_vsiaz"].append(direct_conversion(remote, work / "direct.tif", env_remote, options))
+        started = time.perf_counter()
+        with rasterio.Env(**env_blob_to_blob):
+            gdal_copy(
+                remote, storage.vsiaz_path("silver", "bench/direct.tif"), driver="COG", **cog_driver_options(options)
+            )
+        runs["direct_blob_to_blob"].append(time.perf_counter() - started)
+        job = run_job(host.base_url, {"blob_name": blob, "collection_id": f"bench-{repeat}"}, timeout=args.timeout)
+        runs["cog_stage"].append(job["cog_stage_s"])
+        runs["submit_to_completed"].append(job["submit_to_completed_s"])
+        jobs.append(job)
+        common.log(
+            f"repeat {repeat + 1}: direct local {runs['direct_local'][-1]:.2f}s, "
+            f"direct /vsiaz/ {runs['direct_vsiaz'][-1]:.2f}s, blob to blob {runs['direct_blob_to_blob'][-1]:.2f}s, "
+            f"cog stage {job['cog_stage_s']:.2f}s, "
+            f"job {job['submit_to_completed_s']:.2f}s"
+        )
+    medians = {name: median(values) for name, values in runs.items()}
+    fastest = {name: min(values) for name, values in runs.items()}
+    return {
+        "input": {"blob": blob, "bytes": source.stat().st_size, "width": args.size, "height": args.size},
+        "runs_s": runs,
+        "median_s": medians,
+        "min_s": fastest,
+        "ratios": {
+            f"{ours}/{baseline}": {
+                "median": medians[ours] / medians[baseline],
+                "min": fastest[ours] / fastest[baseline],
+            }
+            for ours in OURS
+            for baseline in BASELINES
+        },
+        "last_job_tasks": per_task_memory(jobs[-1], None),
+    }
+
+
+def big_raster(args: argparse.Namespace, work: Path, storage: BlobStorage, host: common.HostProcess) -> dict[str, Any]:
+    started = time.perf_counter()
+    source = write_sample_geotiff(work / "big.tif", width=args.big_size, height=args.big_size, seed=2)
+    took = time.perf_counter() - started
+    common.log(f"big input generated in {took:.0f}s: {source.stat().st_size / 1e9:.2f} GB file")
+    blob = f"bench/big-{args.big_size}.tif"
+    storage.upload_file("bronze", blob, source, content_type="image/tiff")
+    source.unlink()
+    with ProcessRssSampler(host) as sampler:
+        job = run_job(host.base_url, {"blob_name": blob, "collection_id": "bench-big"}, timeout=args.big_timeout)
+    tasks = per_task_memory(job, sampler)
+    worker_peaks = {pid: ProcessRssSampler.status_field(pid, "VmHWM") for pid in common._worker_pids(host)}
+    return {
+        "input": {"blob": blob, "width": args.big_size, "height": args.big_size, "raw_bytes": args.big_size**2 * 4},
+        "tiles": sum(1 for t in tasks if t["stage"] == 3),
+        "submit_to_completed_s": job["submit_to_completed_s"],
+        "cog_stage_s": job["cog_stage_s"],
+        "tasks": tasks,
+        "worker_lifetime_peak_rss_mib": {str(pid): round(v / MIB) if v else None for pid, v in worker_peaks.items()},
+        "max_task_peak_rss_mib": max(
+            max(t.get("peak_rss_sampled_mib") or 0, t.get("peak_rss_reported_mib") or 0) for t in tasks
+        ),
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    comparison = report["comparison"]
+    size = comparison["input"]
+    print(f"COG benchmark: {size['width']}x{size['height']} float32 ({size['bytes'] / 1e6:.0f} MB file), "
+          f"{len(comparison['runs_s']['cog_stage'])} repeats; options {report['options']}")  # fmt: skip
+    print(f"  {'seconds':<52} {'median':>7} {'min':>7}")
+    for name, label in {**BASELINES, **OURS}.items():
+        print(f"  {label:<52} {comparison['median_s'][name]:7.2f} {comparison['min_s'][name]:7.2f}")
+    print(f"  {'ratio':<52} {'median':>7} {'min':>7}")
+    for key, ratio in comparison["ratios"].items():
+        ours, baseline = key.split("/")
+        target = TARGETS.get(key)
+        label = f"{ours} / {baseline}"
+        note = f"  (target <= {target})" if target else ""
+        print(f"  {label:<52} {ratio['median']:7.2f} {ratio['min']:7.2f}{note}")
+    for task in comparison["last_job_tasks"]:
+        if task["stage"] == 3:
+            print(f"  cog task {task['task']}: {task['seconds']:.2f} s, steps {task['steps_s']}")
+    big = report.get("big")
+    if big:
+        print(f"Big raster: {big['input']['width']}x{big['input']['height']} float32 "
+              f"({big['input']['raw_bytes'] / 1e9:.2f} GB uncompressed), {big['tiles']} tiles, "
+              f"job {big['submit_to_completed_s']:.0f} s, cog stage {big['cog_stage_s']:.0f} s")  # fmt: skip
+        print("  stage task            seconds (waited for a slot)  peak RSS: task's own sampler / this script's")
+        for task in big["tasks"]:
+            own, sampled = task["peak_rss_reported_mib"] or "-", task.get("peak_rss_sampled_mib") or "-"
+            waited = (task["steps_s"] or {}).get("waited_for_slot")
+            waited_text = f"({waited:5.1f})" if waited is not None else " " * 7
+            print(f"  {task['stage']:>5} {task['task']:<15} {task['seconds']:7.1f} {waited_text}  "
+                  f"{own:>5} MiB / {sampled:>5} MiB")  # fmt: skip
+        print(f"  largest per-task peak: {big['max_task_peak_rss_mib']} MiB (target <= 1024 MiB); "
+              f"worker processes' lifetime peaks (VmHWM): {big['worker_lifetime_peak_rss_mib']} MiB")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=7168, help="side of the comparison input (float32), px")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--big-size", type=int, default=28_672, help="side of the >= 3 GB input (float32), px")
+    parser.add_argument("--no-big", action="store_true", help="skip the big-raster memory run")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per comparison job")
+    parser.add_argument("--big-timeout", type=float, default=3600.0)
+    parser.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.size**2 * 4 < 128 * 10**6:
+        parser.error("--size must give at least 128 MB of float32")
+    common.sigterm_as_keyboard_interrupt()
+    work = Path(tempfile.mkdtemp(prefix="geoetl-cogbench-", dir=args.work_dir))
+    try:
+        report = benchmark(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = measure.write_report("cog-benchmark", report)
+    print_report(report)
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
