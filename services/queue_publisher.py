@@ -51,6 +51,7 @@ class QueuePublisher:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         session = requests.Session()
+        session.trust_env = False  # no proxy/netrc lookup in os.environ on every request
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=concurrency * 2)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -88,8 +89,11 @@ class QueuePublisher:
         client = self.client(message.queue)
         if self._breaker is None:
             client.send_message(encode_body(message.body), visibility_timeout=delay)
-        else:
-            self._breaker.call(client.send_message, encode_body(message.body), visibility_timeout=delay)
+            return
+        # calling() checks and records around the block without holding the breaker's lock while
+        # the request is in flight (breaker.call() would serialise all sends of the process).
+        with self._breaker.calling():
+            client.send_message(encode_body(message.body), visibility_timeout=delay)
 
     def send_many(self, messages: Sequence[OutgoingMessage]) -> list[bool]:
         """Send concurrently; returns per-message success (failures are logged, not raised)."""
