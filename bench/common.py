@@ -39,9 +39,11 @@ from devstack.postgres import (
     drop_database,
     ensure_database,
     is_reachable,
+    server_from_environment,
     start_local_server,
     stop_local_server,
 )
+from devstack.stack_state import pid_alive
 from repositories.migrator import apply_migrations
 
 __all__ = [
@@ -149,12 +151,7 @@ def example_settings() -> dict[str, str]:
 
 
 def _postgres_server(work_dir: Path) -> tuple[PostgresServer, Path | None]:
-    server = PostgresServer(
-        host=os.environ.get("POSTGRES_HOST", "127.0.0.1"),
-        port=int(os.environ.get("POSTGRES_PORT", "5432")),
-        user=os.environ.get("POSTGRES_USER", "postgres"),
-        password=os.environ.get("POSTGRES_PASSWORD", ""),
-    )
+    server = server_from_environment(os.environ)
     if is_reachable(server):
         return server, None
     log(f"no Postgres at {server.host}:{server.port}; starting a local server")
@@ -340,13 +337,7 @@ def worker_pids(host: HostProcess) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def stop_host(host: HostProcess, timeout: float = 45.0) -> int | None:

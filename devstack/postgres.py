@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,16 @@ class PostgresServer:
         return psycopg.conninfo.make_conninfo(
             host=self.host, port=self.port, user=self.user, password=self.password or None, dbname=dbname
         )
+
+
+def server_from_environment(environ: Mapping[str, str]) -> PostgresServer:
+    """The server named by POSTGRES_HOST/PORT/USER/PASSWORD (default: local, trust auth)."""
+    return PostgresServer(
+        host=environ.get("POSTGRES_HOST", "127.0.0.1"),
+        port=int(environ.get("POSTGRES_PORT", "5432")),
+        user=environ.get("POSTGRES_USER", "postgres"),
+        password=environ.get("POSTGRES_PASSWORD", ""),
+    )
 
 
 def is_reachable(server: PostgresServer, timeout: float = 2.0) -> bool:

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from devstack.azurite import AzuriteProcess, free_port, start_azurite
-from devstack.postgres import PostgresServer, drop_database, ensure_database, is_reachable, start_local_server
+from devstack.postgres import (
+    PostgresServer,
+    drop_database,
+    ensure_database,
+    is_reachable,
+    server_from_environment,
+    start_local_server,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = PROJECT_ROOT / ".stack"
@@ -37,12 +44,7 @@ def azurite_connection_string(azurite: AzuriteProcess) -> str:
 @pytest.fixture(scope="session")
 def postgres_server() -> PostgresServer:
     """The machine's Postgres (POSTGRES_HOST/PORT, default 127.0.0.1:5432) or a project-local one."""
-    server = PostgresServer(
-        host=os.environ.get("POSTGRES_HOST", "127.0.0.1"),
-        port=int(os.environ.get("POSTGRES_PORT", "5432")),
-        user=os.environ.get("POSTGRES_USER", "postgres"),
-        password=os.environ.get("POSTGRES_PASSWORD", ""),
-    )
+    server = server_from_environment(os.environ)
     if is_reachable(server):
         return server
     local = PostgresServer(host="127.0.0.1", port=free_port(), user="postgres", password="")
