@@ -176,6 +176,17 @@ def status_lines(paths: StackPaths, environ: Mapping[str, str]) -> list[str]:
     return [f"{name:<9} {'up' if running else 'down':<5} {where:<32} {who}" for name, running, where, who in rows]
 
 
+def output_paths(job: dict[str, Any]) -> list[str]:
+    """One line per COG and STAC document of a finished job, as container/blob paths."""
+    outputs = (job.get("result") or {}).get("outputs") or {}
+    lines = [f"COG:              {c['container']}/{c['blob']} ({c['bytes']} bytes)" for c in outputs.get("cogs", [])]
+    if outputs.get("stac_collection"):
+        ref = outputs["stac_collection"]
+        lines.append(f"STAC collection:  {ref['container']}/{ref['blob']}")
+    lines += [f"STAC item:        {i['container']}/{i['blob']}" for i in outputs.get("stac_items", [])]
+    return lines
+
+
 def command_run(paths: StackPaths, environ: Mapping[str, str], timeout: float) -> int:
     started: list[str] = []
     try:
@@ -185,6 +196,8 @@ def command_run(paths: StackPaths, environ: Mapping[str, str], timeout: float) -
         job_type, parameters = demo_job()
         job = follow_job(config, job_type, parameters, timeout)
         print(json.dumps(final_summary(job), indent=2, default=str))
+        for line in output_paths(job):
+            print(line)
         if job.get("status") != "completed":
             ended = job.get("status") in TERMINAL_STATUSES
             print(

@@ -205,3 +205,23 @@ def test_cli_rejects_unknown_commands(capsys: pytest.CaptureFixture[str]) -> Non
         cli.main(["explode"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_output_paths_lists_every_cog_and_stac_document() -> None:
+    from devstack.__main__ import output_paths
+
+    job = {
+        "result": {
+            "outputs": {
+                "cogs": [{"container": "silver", "blob": "cogs/a/tile_r0_c0.tif", "bytes": 3, "sha256": "x"}],
+                "stac_collection": {"container": "silver", "blob": "stac/a/collection.json"},
+                "stac_items": [{"container": "silver", "blob": "stac/a/item.json"}],
+            }
+        }
+    }
+    assert output_paths(job) == [
+        "COG:              silver/cogs/a/tile_r0_c0.tif (3 bytes)",
+        "STAC collection:  silver/stac/a/collection.json",
+        "STAC item:        silver/stac/a/item.json",
+    ]
+    assert output_paths({"result": {"replies": []}}) == []
