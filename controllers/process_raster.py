@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, cast
 
+import pybreaker
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
@@ -183,8 +184,10 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProcessRasterController:
-        storage = BlobStorage(settings.storage_connection_string.get_secret_value())
+    def from_settings(
+        cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None = None
+    ) -> ProcessRasterController:
+        storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
         return cls(storage, RasterJobOptions.from_settings(settings, storage))
 
     def cog_options(self, params: ProcessRasterParameters, metadata: RasterMetadata | None = None) -> CogOptions:

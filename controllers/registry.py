@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pybreaker
+
 from controllers.base import JobController
 from controllers.hello_world import HelloWorldController
 from controllers.process_raster import ProcessRasterController
@@ -27,7 +29,9 @@ class JobTypeRegistry:
         return [self._by_type[name] for name in sorted(self._by_type)]
 
 
-def default_registry(settings: Settings | None = None) -> JobTypeRegistry:
+def default_registry(
+    settings: Settings | None = None, storage_breaker: pybreaker.CircuitBreaker | None = None
+) -> JobTypeRegistry:
     """Every job type, built with the resources it needs from ``settings``.
 
     Without settings only the job types that need no resources are built (process_raster needs
@@ -35,5 +39,5 @@ def default_registry(settings: Settings | None = None) -> JobTypeRegistry:
     """
     controllers: list[JobController[Any]] = [HelloWorldController()]
     if settings is not None:
-        controllers.append(ProcessRasterController.from_settings(settings))
+        controllers.append(ProcessRasterController.from_settings(settings, storage_breaker))
     return JobTypeRegistry(controllers)

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pybreaker
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceExistsError,
@@ -120,7 +121,11 @@ class BlobStorage:
         *,
         upload_block_bytes: int = 16 * MIB,
         upload_concurrency: int = 4,
+        breaker: pybreaker.CircuitBreaker | None = None,
     ) -> None:
+        # Counts storage outages (translated to StorageUnavailableError / ThrottlingError); while
+        # open, blob calls fail fast with StorageUnavailableError (transient).
+        self._breaker = breaker
         if upload_block_bytes < 1 or upload_concurrency < 1:
             raise ValueError("upload_block_bytes and upload_concurrency must be positive")
         self._connection_string = connection_string
@@ -128,6 +133,19 @@ class BlobStorage:
         self._upload_concurrency = upload_concurrency
         self._client: BlobServiceClient | None = None
         self._lock = threading.Lock()
+
+    @contextmanager
+    def _guarded(self, action: str, container: str, name: str | None = None) -> Iterator[None]:
+        """Translate SDK errors inside the block, through the storage circuit breaker if any."""
+        if self._breaker is None:
+            with _translated(action, container, name):
+                yield
+            return
+        try:
+            with self._breaker.calling(), _translated(action, container, name):
+                yield
+        except pybreaker.CircuitBreakerError as exc:
+            raise StorageUnavailableError(f"{action} {container}: storage circuit open") from exc
 
     @property
     def upload_buffer_bytes(self) -> int:
@@ -144,11 +162,11 @@ class BlobStorage:
     # --- containers and properties ------------------------------------------------------------
 
     def ensure_container(self, container: str) -> None:
-        with _translated("create container", container), suppress(ResourceExistsError):
+        with self._guarded("create container", container), suppress(ResourceExistsError):
             self.client.create_container(container)
 
     def properties(self, container: str, name: str) -> BlobInfo:
-        with _translated("read properties of", container, name):
+        with self._guarded("read properties of", container, name):
             props = self.client.get_blob_client(container, name).get_blob_properties()
         return BlobInfo(
             container=container,
@@ -167,7 +185,7 @@ class BlobStorage:
         return True
 
     def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]:
-        with _translated("list", container):
+        with self._guarded("list", container):
             for item in self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None):
                 yield BlobInfo(
                     container=container,
@@ -181,7 +199,7 @@ class BlobStorage:
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob (and its snapshots); False when it did not exist."""
         try:
-            with _translated("delete", container, name):
+            with self._guarded("delete", container, name):
                 self.client.get_blob_client(container, name).delete_blob(delete_snapshots="include")
         except BlobNotFoundError:
             return False
@@ -191,7 +209,7 @@ class BlobStorage:
 
     def download_range(self, container: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[offset, offset + length)`` of a blob (to its end when ``length`` is None)."""
-        with _translated("download", container, name):
+        with self._guarded("download", container, name):
             stream = self.client.get_blob_client(container, name).download_blob(offset=offset, length=length)
             return stream.readall()
 
@@ -199,7 +217,7 @@ class BlobStorage:
 
     def upload_bytes(self, container: str, name: str, data: bytes, *, content_type: str) -> UploadedBlob:
         """Write (or overwrite) a small blob in one request."""
-        with _translated("upload", container, name):
+        with self._guarded("upload", container, name):
             self.client.get_blob_client(container, name).upload_blob(
                 data, overwrite=True, content_settings=ContentSettings(content_type=content_type)
             )
@@ -219,7 +237,7 @@ class BlobStorage:
         digest = hashlib.sha256()
         block_ids: list[BlobBlock] = []
         with (
-            _translated("upload", container, name),
+            self._guarded("upload", container, name),
             ThreadPoolExecutor(self._upload_concurrency, thread_name_prefix="blob-upload") as pool,
             path.open("rb") as source,
         ):

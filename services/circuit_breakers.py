@@ -55,6 +55,10 @@ def counts_storage_outage(exc: BaseException) -> bool:
     """Network errors, timeouts and 5xx/429 from Azure Storage; 4xx are the caller's problem."""
     from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 
+    from schemas.errors import StorageUnavailableError, ThrottlingError
+
+    if isinstance(exc, StorageUnavailableError | ThrottlingError):  # already translated by a repository
+        return True
     if isinstance(exc, ServiceRequestError | ServiceResponseError | ConnectionError | TimeoutError):
         return True
     if isinstance(exc, HttpResponseError):

@@ -103,3 +103,23 @@ def test_a_breaker_does_not_serialise_calls_through_it() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_blob_storage_fails_fast_while_its_breaker_is_open() -> None:
+    from repositories.blob_storage import BlobStorage
+    from schemas.errors import StorageUnavailableError
+
+    breaker = make_breaker("storage", fail_max=2, reset_seconds=60, counts=counts_storage_outage)
+    # Nothing listens on port 9: every call is a connection error, translated and counted.
+    storage = BlobStorage(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+        breaker=breaker,
+    )
+    storage.client._config.retry_policy.total_retries = 0  # type: ignore[attr-defined]
+    for _ in range(2):
+        with pytest.raises((StorageUnavailableError, pybreaker.CircuitBreakerError)):
+            storage.exists("bronze", "a.tif")
+    assert breaker.current_state == "open"
+    with pytest.raises(StorageUnavailableError, match="circuit open"):
+        storage.exists("bronze", "a.tif")
