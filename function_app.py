@@ -6,11 +6,12 @@ import azure.functions as func
 
 from schemas.settings import Settings
 from services.container import ServiceContainer
-from triggers import http_jobs, queue_engine
+from triggers import http_containers, http_jobs, queue_engine
 
 settings = Settings()
 container = ServiceContainer(settings)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(http_jobs.create_blueprint(container))
+app.register_functions(http_containers.create_blueprint(container))
 app.register_functions(queue_engine.create_blueprint(container))

@@ -112,6 +112,17 @@ def _translated(action: str, container: str, name: str | None = None) -> Iterato
         raise StorageUnavailableError(f"{action} {target}: storage unreachable: {exc}") from exc
 
 
+def _blob_info(container: str, item: Any) -> BlobInfo:
+    return BlobInfo(
+        container=container,
+        name=item.name,
+        size=int(item.size),
+        etag=str(item.etag),
+        last_modified=item.last_modified,
+        content_type=item.content_settings.content_type if item.content_settings else None,
+    )
+
+
 class BlobStorage:
     """One storage account, reached through a connection string (``AzureWebJobsStorage``)."""
 
@@ -187,14 +198,25 @@ class BlobStorage:
     def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]:
         with self._guarded("list", container):
             for item in self.client.get_container_client(container).list_blobs(name_starts_with=prefix or None):
-                yield BlobInfo(
-                    container=container,
-                    name=item.name,
-                    size=int(item.size),
-                    etag=str(item.etag),
-                    last_modified=item.last_modified,
-                    content_type=item.content_settings.content_type if item.content_settings else None,
-                )
+                yield _blob_info(container, item)
+
+    def list_blob_page(
+        self, container: str, *, prefix: str = "", limit: int = 100, continuation: str | None = None
+    ) -> tuple[list[BlobInfo], str | None]:
+        """One page of at most ``limit`` blobs and the storage continuation token of the next."""
+        with self._guarded("list", container):
+            pages = (
+                self.client.get_container_client(container)
+                .list_blobs(name_starts_with=prefix or None, results_per_page=limit)
+                .by_page(continuation_token=continuation)
+            )
+            page = [_blob_info(container, item) for item in next(pages, [])]
+            token: str | None = getattr(pages, "continuation_token", None)  # set once a page was read
+            return page, token or None
+
+    def list_containers(self) -> list[str]:
+        with self._guarded("list containers", "(account)"):
+            return sorted(c.name for c in self.client.list_containers())
 
     def delete(self, container: str, name: str) -> bool:
         """Delete a blob (and its snapshots); False when it did not exist."""

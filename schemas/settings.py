@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     # HTTP API.
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
     job_list_max_limit: int = Field(default=200, ge=1)
+    blob_list_max_limit: int = Field(default=1000, ge=1, le=5000)
 
     # Task execution.
     task_max_attempts: int = Field(default=3, ge=1, le=100)

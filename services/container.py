@@ -13,9 +13,11 @@ from typing import TypeVar
 import pybreaker
 
 from controllers.registry import JobTypeRegistry, default_registry
+from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.settings import Settings
 from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
+from services.container_browser import ContainerBrowser
 from services.dead_letters import DeadLetterHandler
 from services.deferral import MessageDeferral
 from services.janitor import Janitor, JanitorOptions
@@ -109,6 +111,22 @@ class ServiceContainer:
         return self._once(
             "job_service",
             lambda: JobService(self.db, self.registry, self.relay, max_list_limit=self.settings.job_list_max_limit),
+        )
+
+    @property
+    def blob_storage(self) -> BlobStorage:
+        return self._once(
+            "blob_storage",
+            lambda: BlobStorage(
+                self.settings.storage_connection_string.get_secret_value(), breaker=self.breaker("storage")
+            ),
+        )
+
+    @property
+    def container_browser(self) -> ContainerBrowser:
+        return self._once(
+            "container_browser",
+            lambda: ContainerBrowser(self.blob_storage, max_limit=self.settings.blob_list_max_limit),
         )
 
     @property

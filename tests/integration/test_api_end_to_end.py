@@ -137,3 +137,43 @@ def test_log_lines_about_tasks_carry_job_and_task_ids(host: RunningHost) -> None
     claimed = [r for r in about_job if "task claimed" in r.get("message", "")]
     assert len(claimed) == 4, "every task's claim is logged with its job id"
     assert all(r.get("task_id", "").startswith(submitted["job_id"] + "-s") for r in claimed)
+
+
+def test_container_listing_pages_every_blob_once(host: RunningHost, api_settings: Settings) -> None:
+    import secrets as _secrets
+
+    from azure.storage.blob import BlobServiceClient
+
+    name = f"browse-{_secrets.token_hex(4)}"
+    service = BlobServiceClient.from_connection_string(api_settings.storage_connection_string.get_secret_value())
+    client = service.create_container(name)
+    expected = {f"a/{i:03d}.tif" for i in range(23)} | {f"a/{i:03d}.txt" for i in range(7)} | {"b/other.tif"}
+    for blob in expected:
+        client.upload_blob(blob, b"x" * 3)
+
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(20):
+        code, page = host.request("GET", f"/containers/{name}/blobs?prefix=a/&limit=8&cursor={cursor}")
+        assert code == 200 and len(page["blobs"]) <= 8
+        seen += [b["name"] for b in page["blobs"]]
+        assert all(b["size"] == 3 and b["etag"] and b["last_modified"] for b in page["blobs"])
+        cursor = page["next_cursor"] or ""
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(b for b in expected if b.startswith("a/")), "every blob exactly once"
+
+    code, tifs = host.request("GET", f"/containers/{name}/blobs?suffix=.tif&limit=1000")
+    assert code == 200 and len(tifs["blobs"]) == 24 and tifs["next_cursor"] is None
+
+    code, listing = host.request("GET", "/containers")
+    assert code == 200
+    mine = next(c for c in listing["containers"] if c["name"] == name)
+    assert mine == {"name": name, "blob_count": 31, "blob_count_is_exact": True}
+
+    code, missing = host.request("GET", "/containers/no-such-container/blobs")
+    assert code == 404 and "not found" in missing["error"]
+    code, bad = host.request("GET", f"/containers/{name}/blobs?limit=0")
+    assert code == 400 and bad["details"][0]["field"] == "limit"
+    code, bad = host.request("GET", "/containers/Bad_Name/blobs")
+    assert code == 400 and bad["details"][0]["field"] == "container"

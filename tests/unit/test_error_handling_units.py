@@ -116,7 +116,7 @@ def test_blob_storage_fails_fast_while_its_breaker_is_open() -> None:
         "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;",
         breaker=breaker,
     )
-    storage.client._config.retry_policy.total_retries = 0  # type: ignore[attr-defined]
+    storage.client._config.retry_policy.total_retries = 0  # type: ignore[union-attr]
     for _ in range(2):
         with pytest.raises((StorageUnavailableError, pybreaker.CircuitBreakerError)):
             storage.exists("bronze", "a.tif")
