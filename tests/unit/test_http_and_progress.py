@@ -123,3 +123,21 @@ def test_settings_defaults_and_validation() -> None:
     for bad in ({"job_queue": "Bad_Name"}, {"task_queue": "a--b"}, {"postgres_schema": "x;drop"}):
         with pytest.raises(ValidationError):
             Settings.model_validate({"AzureWebJobsStorage": "x", **bad})
+
+
+def test_local_settings_example_lists_every_setting_and_nothing_else() -> None:
+    import json
+    from pathlib import Path
+
+    values = json.loads((Path(__file__).parents[2] / "local.settings.example.json").read_text())["Values"]
+    host_only = {
+        "FUNCTIONS_WORKER_RUNTIME",
+        "AzureWebJobsFeatureFlags",
+        "LOCAL_HOST_REQUIRE_FUNCTION_KEY",
+        "LOCAL_HOST_FUNCTION_KEY",
+    }
+    declared = {"AzureWebJobsStorage"} | {
+        name.upper() for name in Settings.model_fields if name != "storage_connection_string"
+    }
+    assert set(values) - host_only == declared
+    Settings.model_validate(values)  # and the example values are valid
