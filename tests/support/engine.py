@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import secrets
 import threading
 import time
@@ -23,6 +24,7 @@ from azure.storage.queue import QueueClient, QueueMessage
 
 from controllers.registry import JobTypeRegistry
 from repositories.migrator import apply_migrations
+from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage, TaskMessage
 from schemas.settings import Settings
@@ -99,14 +101,21 @@ class QueuePump:
             self.delivered[queue] += 1
 
     def _deliver(self, queue: str, message: QueueMessage) -> None:
-        if self.duplicate and self.concurrent_duplicates:
-            copies = [self._copies.submit(self._dispatch, queue, message) for _ in range(2)]
-            for copy in copies:
-                copy.result()
-        else:
-            self._dispatch(queue, message)
-            if self.duplicate:
+        """Like the host: delete on success; on an exception the message comes back shortly
+        (host.json visibilityTimeout) for another delivery."""
+        try:
+            if self.duplicate and self.concurrent_duplicates:
+                copies = [self._copies.submit(self._dispatch, queue, message) for _ in range(2)]
+                for copy in copies:
+                    copy.result()
+            else:
                 self._dispatch(queue, message)
+                if self.duplicate:
+                    self._dispatch(queue, message)
+        except Exception:
+            logging.getLogger(__name__).warning("delivery failed; message released", exc_info=True)
+            self._queues[queue].update_message(message, visibility_timeout=1)
+            return
         self._queues[queue].delete_message(message)
 
     def pump_once(self) -> int:
@@ -139,7 +148,10 @@ class QueuePump:
 
 def job_is_terminal(container: ServiceContainer, job_id: str) -> Callable[[], bool]:
     def check() -> bool:
-        status = container.job_service.job_status(job_id)["status"]
+        try:
+            status = container.job_service.job_status(job_id)["status"]
+        except DatabaseUnavailableError:
+            return False  # what an HTTP client sees as 503 + Retry-After: ask again
         return JobStatus(status).is_terminal
 
     return check
