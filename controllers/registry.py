@@ -7,8 +7,12 @@ from typing import Any
 import pybreaker
 
 from controllers.base import JobController
+from controllers.catalog_container import CatalogContainerController
+from controllers.extract_metadata import ExtractMetadataController
 from controllers.hello_world import HelloWorldController
+from controllers.inventory_container import InventoryContainerController
 from controllers.process_raster import ProcessRasterController
+from repositories.database import Database
 from schemas.settings import Settings
 
 
@@ -30,14 +34,21 @@ class JobTypeRegistry:
 
 
 def default_registry(
-    settings: Settings | None = None, storage_breaker: pybreaker.CircuitBreaker | None = None
+    settings: Settings | None = None,
+    storage_breaker: pybreaker.CircuitBreaker | None = None,
+    database: Database | None = None,
 ) -> JobTypeRegistry:
     """Every job type, built with the resources it needs from ``settings``.
 
     Without settings only the job types that need no resources are built (process_raster needs
-    blob storage).
+    blob storage); the listing job types (inventory_container, catalog_container, extract_metadata)
+    also need the database, for their blob chunks.
     """
     controllers: list[JobController[Any]] = [HelloWorldController()]
     if settings is not None:
         controllers.append(ProcessRasterController.from_settings(settings, storage_breaker))
+        if database is not None:
+            controllers.append(InventoryContainerController.from_settings(settings, storage_breaker, database))
+            controllers.append(CatalogContainerController.from_settings(settings, storage_breaker, database))
+            controllers.append(ExtractMetadataController.from_settings(settings, storage_breaker, database))
     return JobTypeRegistry(controllers)

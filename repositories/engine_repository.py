@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from repositories.blob_chunk_queries import BlobChunkQueries
 from repositories.control_queries import ControlQueries
 from repositories.maintenance_queries import MaintenanceQueries
 from repositories.sql_catalog import query
@@ -36,7 +37,7 @@ def _json(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
 
 
-class EngineRepository(ControlQueries, MaintenanceQueries):
+class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
 
     # --- jobs ---------------------------------------------------------------------------------
 

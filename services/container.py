@@ -49,7 +49,7 @@ class ServiceContainer:
     def registry(self) -> JobTypeRegistry:
         if self._registry is not None:
             return self._registry
-        return self._once("registry", lambda: default_registry(self.settings, self.breaker("storage")))
+        return self._once("registry", lambda: default_registry(self.settings, self.breaker("storage"), self.db))
 
     def breaker(self, service: str) -> pybreaker.CircuitBreaker:
         """One breaker per external service: "postgres", "storage" (queues and blobs), "http"."""

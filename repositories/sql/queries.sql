@@ -331,3 +331,23 @@ UPDATE stages AS s
   FROM counts AS c
  WHERE s.job_id = %(job_id)s AND s.stage = %(stage)s
 RETURNING s.stage;
+
+-- name: delete_blob_chunks
+DELETE FROM blob_chunks WHERE job_id = %(job_id)s;
+
+-- name: insert_blob_chunk
+INSERT INTO blob_chunks (job_id, chunk_key, blob_count, blobs)
+VALUES (%(job_id)s, %(chunk_key)s, %(blob_count)s, %(blobs)s)
+ON CONFLICT (job_id, chunk_key)
+DO UPDATE SET blob_count = excluded.blob_count, blobs = excluded.blobs, results = NULL, updated_at = now();
+
+-- name: get_blob_chunk
+SELECT * FROM blob_chunks WHERE job_id = %(job_id)s AND chunk_key = %(chunk_key)s;
+
+-- name: save_blob_chunk_results
+UPDATE blob_chunks SET results = %(results)s, updated_at = now()
+ WHERE job_id = %(job_id)s AND chunk_key = %(chunk_key)s;
+
+-- name: list_blob_chunk_keys
+SELECT chunk_key, blob_count, results IS NOT NULL AS done
+  FROM blob_chunks WHERE job_id = %(job_id)s ORDER BY chunk_key;

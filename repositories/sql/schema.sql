@@ -150,3 +150,15 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- Blob chunks of listing jobs: one row per chunk of listed blobs and its results.
+CREATE TABLE blob_chunks (
+    job_id      text        NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+    chunk_key   text        NOT NULL,
+    blob_count  integer     NOT NULL CHECK (blob_count >= 0),
+    blobs       jsonb       NOT NULL,
+    results     jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, chunk_key)
+);

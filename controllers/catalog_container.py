@@ -1,0 +1,121 @@
+"""catalog_container: STAC Items for every GeoTIFF under a prefix, in place (assets point at the
+source blobs, nothing converted), and a Collection whose extent is their union.
+
+Stages (task keys in brackets):
+1. list [list]           the shared chunked listing (services/inventory/chunks.py).
+2. items [chunk_NNNNN]   one task per chunk: probe each blob (full raster metadata) and build the
+                         Item of each readable raster; items and skip reasons go back to the chunk row.
+3. catalog [catalog]     the Collection and its Items, self-contained, under
+                         {output_container}/stac/{collection_id}/. Non-raster and unreadable blobs
+                         are reported; the job fails only when no blob yields an item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pybreaker
+from pydantic import Field
+
+from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from controllers.inventory_container import probe_chunk
+from controllers.process_raster import COLLECTION_ID_PATTERN
+from repositories.blob_storage import BlobStorage
+from repositories.database import Database
+from schemas.blob_names import ContainerName
+from schemas.errors import PermanentTaskError
+from schemas.settings import Settings
+from services.inventory.catalog import item_for, publish_in_place_catalog, skip_reason
+from services.inventory.chunks import ChunkStore, ListingParameters, chunk_key
+from services.inventory.report import flatten
+
+LIST_KEY = "list"
+CATALOG_KEY = "catalog"
+MAX_LISTED_SKIPS = 1000
+
+
+class CatalogContainerParameters(ListingParameters):
+    collection_id: str = Field(pattern=COLLECTION_ID_PATTERN, description="STAC collection id.")
+    output_container: ContainerName = Field(default="silver", description="Container for the STAC catalog.")
+
+
+class CatalogContainerController(JobController[CatalogContainerParameters]):
+    job_type = "catalog_container"
+    description = "STAC Items for every GeoTIFF under a prefix, in place, and a Collection (chunked fan-out)."
+    parameters_model = CatalogContainerParameters
+
+    def __init__(self, storage: BlobStorage, database: Database) -> None:
+        self._storage = storage
+        self._db = database
+        self.stages = (
+            StageDefinition("list", self.list_blobs),
+            StageDefinition("items", self.items),
+            StageDefinition("catalog", self.catalog),
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
+    ) -> CatalogContainerController:
+        storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
+        return cls(storage, database)
+
+    def list_blobs(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
+        return ChunkStore(self._db, ctx.job_id).list_into_chunks(self._storage, ctx.job_parameters)
+
+    def items(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
+        container = ctx.job_parameters.container
+        store = ChunkStore(self._db, ctx.job_id)
+        entries = probe_chunk(self._storage, container, store.blobs(ctx.task_key), full_metadata=True)
+        results = []
+        for entry in entries:
+            item = item_for(self._storage, container, entry)
+            record = {"name": entry["name"], "kind": entry["kind"]}
+            results.append({**record, "item": item} if item else {**record, "skipped": skip_reason(entry)})
+        store.save_results(ctx.task_key, results)
+        return {"blobs": len(results), "items": sum(1 for r in results if "item" in r)}
+
+    def catalog(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
+        params = ctx.job_parameters
+        skipped: list[dict[str, str]] = []
+        counts = {"blobs": 0, "not_raster": 0, "unreadable": 0}
+
+        def items() -> Iterator[dict[str, Any]]:
+            for result in flatten(ChunkStore(self._db, ctx.job_id).iter_results()):
+                counts["blobs"] += 1
+                if "item" in result:
+                    yield result["item"]
+                    continue
+                counts["not_raster" if result["kind"] == "other" else "unreadable"] += 1
+                if len(skipped) < MAX_LISTED_SKIPS:
+                    skipped.append({"name": result["name"], "reason": result["skipped"]})
+
+        all_items = list(items())
+        source = f"{params.container}/{params.prefix}"
+        if not all_items:
+            reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:3])
+            raise PermanentTaskError(
+                f"no readable GeoTIFF under {source}: {counts['blobs']} blobs, {counts['not_raster']} not rasters, "
+                f"{counts['unreadable']} unreadable" + (f" ({reasons})" if reasons else "")
+            )
+        published = publish_in_place_catalog(
+            self._storage,
+            all_items,
+            source=source,
+            output_container=params.output_container,
+            collection_id=params.collection_id,
+        )
+        return {**published, **counts, "skipped": skipped}
+
+    def create_tasks(
+        self, stage: int, params: CatalogContainerParameters, previous_results: StageResults
+    ) -> list[TaskSpec]:
+        if stage == 1:
+            return [TaskSpec(LIST_KEY)]
+        if stage == 2:
+            return [TaskSpec(chunk_key(i)) for i in range(int(previous_results[LIST_KEY]["chunk_count"]))]
+        return [TaskSpec(CATALOG_KEY)]
+
+    def finalize(self, params: CatalogContainerParameters, outcome: JobOutcome) -> dict[str, Any]:
+        return dict(outcome.results_by_stage.get("catalog", {}).get(CATALOG_KEY, {}))

@@ -1,0 +1,1 @@
+"""Listing jobs: containers listed in chunks, blobs probed in place."""

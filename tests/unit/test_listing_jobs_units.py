@@ -1,0 +1,97 @@
+"""Listing job types without storage: parameters, fan-out, summary aggregation, item ids."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest.mock import MagicMock
+
+import pytest
+from pydantic import ValidationError
+
+from controllers.catalog_container import CatalogContainerController, CatalogContainerParameters
+from controllers.extract_metadata import ExtractMetadataParameters
+from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
+from services.inventory.catalog import item_id_for
+from services.inventory.chunks import ListingParameters, chunk_key
+from services.inventory.probe import extension_of
+from services.inventory.report import InventorySummary
+
+
+def test_listing_parameters_defaults_and_rules() -> None:
+    params = InventoryContainerParameters.model_validate({"container": "bronze"})
+    assert (params.prefix, params.suffix, params.chunk_size, params.output_container) == ("", None, 1000, "silver")
+    assert InventoryContainerParameters.model_validate({"prefix": "a/b/"}).prefix == "a/b/"
+    for bad in (
+        {"container": "Bad_Name"},
+        {"prefix": "../x"},
+        {"prefix": "https://x/y"},
+        {"prefix": "a//b"},
+        {"chunk_size": 0},
+        {"unknown": 1},
+    ):
+        with pytest.raises(ValidationError):
+            InventoryContainerParameters.model_validate(bad)
+
+
+def test_suffix_filter_is_case_insensitive() -> None:
+    params = ListingParameters(suffix=".TIF")
+    assert params.wants("a/b.tif") and params.wants("B.TIF") and not params.wants("b.tiff")
+    assert ListingParameters().wants("anything")
+
+
+def test_extract_metadata_needs_exactly_one_target() -> None:
+    assert ExtractMetadataParameters.model_validate({"blob_name": "a.tif"}).prefix is None
+    assert ExtractMetadataParameters.model_validate({"prefix": "a/"}).listing().prefix == "a/"
+    for bad in ({}, {"blob_name": "a.tif", "prefix": "a/"}, {"blob_name": "../a.tif"}):
+        with pytest.raises(ValidationError):
+            ExtractMetadataParameters.model_validate(bad)
+
+
+def test_catalog_needs_a_valid_collection_id() -> None:
+    with pytest.raises(ValidationError):
+        CatalogContainerParameters.model_validate({})
+    with pytest.raises(ValidationError):
+        CatalogContainerParameters.model_validate({"collection_id": "Has Spaces"})
+    assert CatalogContainerParameters.model_validate({"collection_id": "dem-2024"}).collection_id == "dem-2024"
+
+
+@pytest.mark.parametrize("controller_type", [InventoryContainerController, CatalogContainerController])
+def test_fan_out_one_task_per_chunk(controller_type: Any) -> None:
+    controller = controller_type(MagicMock(), MagicMock())
+    params = controller.parse_parameters(
+        {"collection_id": "c"} if controller_type is CatalogContainerController else {}
+    )
+    assert [t.key for t in controller.create_tasks(1, params, {})] == ["list"]
+    tasks = controller.create_tasks(2, params, {"list": {"chunk_count": 3, "blobs": 2500, "bytes": 1}})
+    assert [t.key for t in tasks] == ["chunk_00000", "chunk_00001", "chunk_00002"]
+    assert all(t.parameters == {} for t in tasks), "blob names never travel in messages"
+    assert len(controller.create_tasks(3, params, {})) == 1
+
+
+def test_chunk_keys_and_extensions() -> None:
+    assert chunk_key(7) == "chunk_00007"
+    assert (extension_of("a/B.TIF"), extension_of("a/noext"), extension_of("a.b/c")) == (".tif", "", "")
+
+
+def test_summary_aggregates_by_extension_kind_and_cog() -> None:
+    summary = InventorySummary()
+    entries = [
+        {"name": "a.tif", "size": 10, "extension": ".tif", "kind": "raster", "raster": {"is_cog": True}},
+        {"name": "b.tif", "size": 20, "extension": ".tif", "kind": "raster", "raster": {"is_cog": False}},
+        {"name": "c.tif", "size": 5, "extension": ".tif", "kind": "unreadable", "error": "corrupt"},
+        {"name": "d", "size": 1, "extension": "", "kind": "other"},
+    ]
+    for entry in entries:
+        summary.add(entry)
+    result = summary.to_dict()
+    assert (result["blobs"], result["bytes"]) == (4, 36)
+    assert result["by_extension"] == {"(none)": {"count": 1, "bytes": 1}, ".tif": {"count": 3, "bytes": 35}}
+    assert result["by_kind"]["raster"] == {"count": 2, "bytes": 30}
+    assert result["rasters"] == {"cog": 1, "not_cog": 1}
+    assert result["unreadable"] == [{"name": "c.tif", "reason": "corrupt"}]
+
+
+def test_item_ids_are_unique_and_valid() -> None:
+    ids = {item_id_for(name) for name in ("Dir/DEM.tif", "dir/dem.tif", "dir/dem.tiff")}
+    assert len(ids) == 3
+    assert all(i.startswith("dir-dem.tif") for i in ids)
