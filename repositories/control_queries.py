@@ -39,10 +39,12 @@ class ControlQueries(NamedQueries):
         return [r["task_id"] for r in self._all("reset_unsuccessful_tasks", {"job_id": job_id, "stage": stage})]
 
     def recount_stage(self, job_id: str, stage: int) -> dict[str, Any] | None:
-        return self._one("recount_stage", {"job_id": job_id, "stage": stage})
+        """Repair: recount a processing stage and close it if all its tasks are finished."""
+        return self._one("recount_stage", {"job_id": job_id, "stage": stage, "reopen": False})
 
     def reopen_stage(self, job_id: str, stage: int) -> bool:
-        return self._one("reopen_stage", {"job_id": job_id, "stage": stage}) is not None
+        """Retry: recount a stage and mark it processing again; False if it does not exist."""
+        return self._one("recount_stage", {"job_id": job_id, "stage": stage, "reopen": True}) is not None
 
     def reopen_job(self, job_id: str, status: JobStatus, stage: int) -> JobRecord | None:
         row = self._one("reopen_job", {"job_id": job_id, "status": str(status), "stage": stage})

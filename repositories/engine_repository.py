@@ -38,7 +38,6 @@ def _json(value: Any) -> Jsonb | None:
 
 
 class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
-
     # --- jobs ---------------------------------------------------------------------------------
 
     def insert_job(

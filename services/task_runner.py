@@ -162,26 +162,27 @@ class TaskRunner:
             with self._leases.kept(task.task_id):
                 result = controller.stage(task.stage).handler(context)
         except Exception as exc:
-            return self._after_failure(claimed, classify(exc), self.retry_policy(controller), log)
+            return self._after_failure(claimed, classify(exc), self.retry_policy(controller), params, log)
         problem = result_problem(result)
         if problem:
             log.error("task failed: %s", problem)
-            return self._finish(claimed, TaskStatus.FAILED, None, problem, "permanent")
+            return self._finish(claimed, TaskStatus.FAILED, None, problem, "permanent", params)
         log.info("task completed")
-        return self._finish(claimed, TaskStatus.COMPLETED, result, None, None)
+        return self._finish(claimed, TaskStatus.COMPLETED, result, None, None, params)
 
     def _after_failure(
         self,
         claimed: ClaimedTask,
         error: ClassifiedError,
         policy: RetryPolicy,
+        params: Any,
         log: logging.LoggerAdapter[logging.Logger],
     ) -> list[OutboxMessage]:
         attempts = claimed.task.attempts
         if not policy.should_retry(error, attempts):
             why = "permanent error" if error.category is ErrorCategory.PERMANENT else f"{attempts} attempts"
             log.warning("task failed (%s, %s): %s", why, error.category, error.message)
-            return self._finish(claimed, TaskStatus.FAILED, None, error.message, str(error.category))
+            return self._finish(claimed, TaskStatus.FAILED, None, error.message, str(error.category), params)
         delay = policy.delay_seconds(error, attempts)
         log.warning(
             "task attempt %d failed (%s), retrying in %.1fs: %s", attempts, error.category, delay, error.message
@@ -204,7 +205,10 @@ class TaskRunner:
         result: dict[str, Any] | None,
         error: str | None,
         category: str | None,
+        params: Any = None,
     ) -> list[OutboxMessage]:
+        """Record the outcome and run fan-in. ``params``: the job parameters already validated for
+        the handler (None when they were not, e.g. unknown job type or invalid parameters)."""
         task = claimed.task
         with self._db.transaction() as repo:
             job = repo.lock_job(task.job_id)  # lock order: job → task → stage
@@ -216,8 +220,9 @@ class TaskRunner:
             controller = self._registry.get(claimed.job_type)
             if controller is None:
                 return []
-            try:
-                params = controller.parse_parameters(claimed.job_parameters)
-            except ValueError:
-                return fail_job(repo, task.job_id, "stored job parameters no longer validate")
+            if params is None:
+                try:
+                    params = controller.parse_parameters(claimed.job_parameters)
+                except ValueError:
+                    return fail_job(repo, task.job_id, "stored job parameters no longer validate")
             return after_task_finished(repo, controller, params, counters, job)

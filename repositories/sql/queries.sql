@@ -227,21 +227,23 @@ UPDATE tasks SET status = 'held', updated_at = now()
  WHERE task_id = ANY(%(task_ids)s) AND status = 'queued';
 
 -- name: recount_stage
--- Recomputes a stage's counters from its tasks, and closes it if they are all finished.
+-- Recomputes a stage's counters from its tasks. Repair (reopen = false): only a processing stage,
+-- closed if its tasks are all finished. Retry (reopen = true): any stage, marked processing again.
 WITH counts AS (
     SELECT count(*) FILTER (WHERE status = 'completed')::integer AS completed,
            count(*) FILTER (WHERE status = 'failed')::integer AS failed,
            count(*) FILTER (WHERE status = 'skipped')::integer AS skipped,
            count(*)::integer AS total
       FROM tasks WHERE job_id = %(job_id)s AND stage = %(stage)s
+), decided AS (
+    SELECT c.*, NOT %(reopen)s AND c.completed + c.failed + c.skipped = c.total AS closes FROM counts AS c
 )
 UPDATE stages AS s
-   SET completed_count = c.completed, failed_count = c.failed, skipped_count = c.skipped,
-       task_count = c.total,
-       status = CASE WHEN c.completed + c.failed + c.skipped = c.total THEN 'completed' ELSE 'processing' END,
-       completed_at = CASE WHEN c.completed + c.failed + c.skipped = c.total THEN now() END
-  FROM counts AS c
- WHERE s.job_id = %(job_id)s AND s.stage = %(stage)s AND s.status = 'processing'
+   SET completed_count = d.completed, failed_count = d.failed, skipped_count = d.skipped, task_count = d.total,
+       status = CASE WHEN d.closes THEN 'completed' ELSE 'processing' END,
+       completed_at = CASE WHEN d.closes THEN now() END
+  FROM decided AS d
+ WHERE s.job_id = %(job_id)s AND s.stage = %(stage)s AND (%(reopen)s OR s.status = 'processing')
 RETURNING s.status, s.task_count, s.completed_count, s.failed_count, s.skipped_count;
 
 -- name: reopen_job
@@ -315,22 +317,6 @@ UPDATE jobs SET updated_at = now() WHERE job_id = %(job_id)s;
 
 -- name: delete_old_dead_letters
 DELETE FROM dead_letters WHERE received_at < now() - make_interval(secs => %(hours)s * 3600);
-
--- name: reopen_stage
--- A stage whose unsuccessful tasks were reset for a retry: recount and mark it processing again.
-WITH counts AS (
-    SELECT count(*) FILTER (WHERE status = 'completed')::integer AS completed,
-           count(*) FILTER (WHERE status = 'failed')::integer AS failed,
-           count(*) FILTER (WHERE status = 'skipped')::integer AS skipped,
-           count(*)::integer AS total
-      FROM tasks WHERE job_id = %(job_id)s AND stage = %(stage)s
-)
-UPDATE stages AS s
-   SET completed_count = c.completed, failed_count = c.failed, skipped_count = c.skipped, task_count = c.total,
-       status = 'processing', completed_at = NULL
-  FROM counts AS c
- WHERE s.job_id = %(job_id)s AND s.stage = %(stage)s
-RETURNING s.stage;
 
 -- name: delete_blob_chunks
 DELETE FROM blob_chunks WHERE job_id = %(job_id)s;
