@@ -38,7 +38,7 @@ from rasterio.shutil import copy as gdal_copy
 from bench import common, measure
 from devstack.sample_raster import write_sample_geotiff
 from repositories.blob_storage import BlobStorage
-from services.raster.cog import CogOptions, configure_gdal_block_cache, gdal_config
+from services.raster.cog import CogOptions, cog_creation_options, configure_gdal_block_cache, gdal_config
 from services.raster.tiling import MIB, TaskMemoryModel
 
 GIB = 1024 * MIB
@@ -63,23 +63,10 @@ def cog_options() -> CogOptions:
     return CogOptions(compression="deflate", overview_resampling="average", threads=2)
 
 
-def cog_driver_options(options: CogOptions) -> dict[str, Any]:
-    """The same choices as GDAL COG driver creation options."""
-    return {
-        "compress": options.compression.upper(),
-        "level": options.deflate_level,
-        "predictor": "FLOATING_POINT",
-        "blocksize": 512,
-        "overview_resampling": options.overview_resampling.upper(),
-        "num_threads": str(options.threads),
-        "bigtiff": "IF_SAFER",
-    }
-
-
 def direct_conversion(source: str, destination: Path, env: dict[str, Any], options: CogOptions) -> float:
     started = time.perf_counter()
     with rasterio.Env(**env):
-        gdal_copy(source, str(destination), driver="COG", **cog_driver_options(options))
+        gdal_copy(source, str(destination), driver="COG", **cog_creation_options(options, "float32"))
     elapsed = time.perf_counter() - started
     destination.unlink()
     return elapsed
@@ -185,7 +172,7 @@ def median(values: list[float]) -> float:
 def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     options = cog_options()
     report: dict[str, Any] = {
-        "options": cog_driver_options(options),
+        "options": cog_creation_options(options, "float32"),
         "budget_bytes": BUDGET,
         "workers": args.workers,
         "machine_before": measure.background_cpu(),
@@ -236,7 +223,10 @@ def compare(
         started = time.perf_counter()
         with rasterio.Env(**env_blob_to_blob):
             gdal_copy(
-                remote, storage.vsiaz_path("silver", "bench/direct.tif"), driver="COG", **cog_driver_options(options)
+                remote,
+                storage.vsiaz_path("silver", "bench/direct.tif"),
+                driver="COG",
+                **cog_creation_options(options, "float32"),
             )
         runs["direct_blob_to_blob"].append(time.perf_counter() - started)
         job = run_job(host.base_url, {"blob_name": blob, "collection_id": f"bench-{repeat}"}, timeout=args.timeout)

@@ -1,13 +1,19 @@
-"""Window → Cloud-Optimized GeoTIFF, in two streamed steps with explicit options (rio-cogeo style).
+"""Window → Cloud-Optimized GeoTIFF, in two streamed steps with explicit options.
 
 1. ``stage_window`` copies one window of the source (a /vsiaz/ path read in place) into a local,
    uncompressed, 512-px tiled GeoTIFF, one 512-row strip at a time. Reading the source once,
    in strips that follow its block layout, is what keeps remote reads fast: GDAL's own
    whole-dataset copies walk a remote tiled source in scanline chunks and re-fetch it many times.
-2. ``write_cog`` runs rio-cogeo's ``cog_translate`` on the staged file with ``in_memory=False``
-   (its intermediate file goes to disk, never to a MemoryFile holding the raster), explicit GDAL
-   threads, the predictor for the data type, nodata / internal mask / colour table carried over,
-   and overviews down to one block.
+   For lossy compressions a nodata value becomes an internal mask here (JPEG/WebP would blur it).
+2. ``write_cog`` runs GDAL's COG driver on the staged file with explicit creation options
+   (``cog_creation_options``: compression and level, the predictor for the data type, 512-px
+   blocks, overview resampling, GDAL threads). The staged file already is the uncompressed tiled
+   intermediate that rio-cogeo's ``cog_translate`` would build again, so the COG driver saves one
+   full pass; rio-cogeo still validates every output (``cog_problems``). Nodata, the internal mask,
+   colour table, band descriptions, scales, offsets and tags are carried over by the driver.
+
+The output file is written front to back and only its header is rewritten at the end, which is
+what lets the caller upload it while it is being written (repositories/blob_upload.py).
 
 GDAL's block cache (GDAL_CACHEMAX) is sized explicitly (``configure_gdal_block_cache``), so memory
 stays near the worker baseline plus that cache whatever the window size
@@ -17,7 +23,6 @@ stays near the worker baseline plus that cache whatever the window size
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,9 +32,9 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.env import set_gdal_config
 from rasterio.io import DatasetReader
+from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_translate, cog_validate
-from rio_cogeo.profiles import cog_profiles
+from rio_cogeo.cogeo import cog_validate
 
 from services.raster.inspect import RasterMetadata, has_dataset_mask
 from services.raster.tiling import COG_BLOCK_SIZE, TileWindow
@@ -108,33 +113,47 @@ def configure_gdal_block_cache(cache_bytes: int) -> None:
     set_gdal_config("GDAL_CACHEMAX", int(cache_bytes))  # bytes (rasterio calls GDALSetCacheMax64)
 
 
-def creation_profile(options: CogOptions, dtype: str) -> dict[str, Any]:
-    """rio-cogeo's profile for the compression, with the predictor, level and threads made explicit."""
-    profile: dict[str, Any] = dict(cog_profiles.get(options.compression))
-    profile.update(blockxsize=COG_BLOCK_SIZE, blockysize=COG_BLOCK_SIZE, num_threads=str(options.threads))
+_PREDICTOR_NAMES = {2: "STANDARD", 3: "FLOATING_POINT"}
+
+
+def cog_creation_options(options: CogOptions, dtype: str) -> dict[str, str]:
+    """GDAL COG driver creation options for ``options`` and the data type (all explicit)."""
+    creation = {
+        "COMPRESS": options.compression.upper(),
+        "BLOCKSIZE": str(COG_BLOCK_SIZE),
+        "OVERVIEW_RESAMPLING": options.overview_resampling.upper(),
+        "NUM_THREADS": str(options.threads),
+        "BIGTIFF": "IF_SAFER",
+    }
     predictor = predictor_for(options.compression, dtype)
     if predictor is not None:
-        profile["predictor"] = predictor
+        creation["PREDICTOR"] = _PREDICTOR_NAMES[predictor]
     if options.compression == "deflate":
-        profile["zlevel"] = options.deflate_level
+        creation["LEVEL"] = str(options.deflate_level)
     elif options.compression == "zstd":
-        profile["zstd_level"] = options.zstd_level
+        creation["LEVEL"] = str(options.zstd_level)
     elif options.compression == "jpeg":
-        profile["jpeg_quality"] = options.jpeg_quality
+        creation["QUALITY"] = str(options.jpeg_quality)
     elif options.compression == "webp":
-        profile["webp_level"] = options.webp_level
-    profile["bigtiff"] = "IF_SAFER"
-    return profile
+        creation["QUALITY"] = str(options.webp_level)
+    return creation
 
 
 def stage_window(
-    source: DatasetReader, window: TileWindow, destination: Path, *, crs: CRS, strip_rows: int = COG_BLOCK_SIZE
+    source: DatasetReader,
+    window: TileWindow,
+    destination: Path,
+    *,
+    crs: CRS,
+    nodata_as_mask: bool = False,
+    strip_rows: int = COG_BLOCK_SIZE,
 ) -> None:
     """Copy ``window`` of ``source`` to an uncompressed tiled GeoTIFF at ``destination``, strip by strip.
 
     Carries the CRS (the file's or the assumed one), the window's transform, nodata, per-dataset
     mask, colour interpretation, colour table, band descriptions, scales, offsets, units and the
-    dataset tags (TIFF DateTime among them).
+    dataset tags (TIFF DateTime among them). With ``nodata_as_mask`` (lossy compressions) a nodata
+    value is written as an internal mask instead, since lossy codecs do not keep exact values.
     """
     source_window = Window(window.col_off, window.row_off, window.width, window.height)
     profile = {
@@ -145,14 +164,14 @@ def stage_window(
         "dtype": source.dtypes[0],
         "crs": crs,
         "transform": source.window_transform(source_window),
-        "nodata": source.nodata,
+        "nodata": None if nodata_as_mask else source.nodata,
         "tiled": True,
         "blockxsize": COG_BLOCK_SIZE,
         "blockysize": COG_BLOCK_SIZE,
         "interleave": "pixel",
         "bigtiff": "IF_SAFER",
     }
-    copy_mask = source.nodata is None and has_dataset_mask(source)
+    copy_mask = (nodata_as_mask and source.nodata is not None) or (source.nodata is None and has_dataset_mask(source))
     with rasterio.open(destination, "w", **profile) as staged:
         staged.colorinterp = source.colorinterp
         if source.colorinterp[0] is ColorInterp.palette:
@@ -178,20 +197,9 @@ def stage_window(
 
 
 def write_cog(staged: Path, destination: Path, options: CogOptions, *, dtype: str) -> None:
-    """Convert the staged window to a COG with rio-cogeo (intermediate file on disk)."""
-    with warnings.catch_warnings():
-        # rio-cogeo announces expected conversions (nodata → mask for JPEG) as warnings.
-        warnings.simplefilter("ignore", UserWarning)
-        cog_translate(
-            str(staged),
-            str(destination),
-            creation_profile(options, dtype),
-            in_memory=False,
-            overview_resampling=options.overview_resampling,
-            forward_band_tags=True,
-            quiet=True,
-            config=gdal_config(options),
-        )
+    """Convert the staged window to a COG with GDAL's COG driver (overviews down to one block)."""
+    with rasterio.Env(**gdal_config(options)):
+        gdal_copy(str(staged), str(destination), driver="COG", **cog_creation_options(options, dtype))
 
 
 def cog_problems(path: Path) -> list[str]:

@@ -33,6 +33,7 @@ from schemas.errors import (
 )
 from services.raster.cog import (
     COG_MEDIA_TYPE,
+    LOSSY_COMPRESSIONS,
     CogOptions,
     cog_problems,
     compression_problem,
@@ -164,6 +165,7 @@ def convert_tile(
     """Stage the window locally, convert it to a COG, validate, upload; record what was written."""
     steps = StepTimer()
     path = storage.vsiaz_path(source.container, source.blob)
+    lossy_with_nodata = options.compression in LOSSY_COMPRESSIONS and metadata.nodata is not None
     with track_peak_rss() as rss, tempfile.TemporaryDirectory(prefix="geoetl-cog-") as work:
         staged, cog = Path(work) / "staged.tif", Path(work) / "cog.tif"
         # The memory-heavy part runs at most N at a time per process. A task that cannot get a slot
@@ -179,7 +181,7 @@ def convert_tile(
                 open_raster(path) as dataset,
             ):
                 try:
-                    stage_window(dataset, window, staged, crs=metadata.crs)
+                    stage_window(dataset, window, staged, crs=metadata.crs, nodata_as_mask=lossy_with_nodata)
                 except RasterioError as exc:
                     raise gdal_error(exc, path) from exc
             with steps("convert"):

@@ -12,10 +12,11 @@ import rasterio
 from rasterio.windows import Window
 
 from services.raster.cog import (
+    LOSSY_COMPRESSIONS,
     CogOptions,
+    cog_creation_options,
     cog_problems,
     compression_problem,
-    creation_profile,
     default_overview_resampling,
     predictor_for,
     stage_window,
@@ -33,7 +34,8 @@ def convert(source: Path, tmp_path: Path, window: TileWindow | None = None, **op
         window = window or TileWindow(0, 0, 0, 0, dataset.width, dataset.height)
         metadata = inspect_dataset(dataset, assume_crs="EPSG:4326")
         staged = tmp_path / f"staged-{window.key}.tif"
-        stage_window(dataset, window, staged, crs=metadata.crs, strip_rows=200)
+        lossy_with_nodata = options.get("compression") in LOSSY_COMPRESSIONS and dataset.nodata is not None
+        stage_window(dataset, window, staged, crs=metadata.crs, nodata_as_mask=lossy_with_nodata, strip_rows=200)
     cog = tmp_path / f"cog-{window.key}.tif"
     write_cog(staged, cog, CogOptions(**options), dtype=metadata.dtype)  # type: ignore[arg-type]
     return cog
@@ -88,6 +90,22 @@ def test_jpeg_rgb_is_a_valid_cog_and_a_dataset_mask_survives(tmp_path: Path) -> 
         assert out.compression.name == "jpeg" and out.count == 3
 
 
+def test_jpeg_turns_nodata_into_an_internal_mask(tmp_path: Path) -> None:
+    source = tmp_path / "rgb_nodata.tif"
+    data = np.full((3, 600, 600), 120, dtype="uint8")
+    data[:, :100, :100] = 0
+    profile = {"driver": "GTiff", "width": 600, "height": 600, "count": 3, "dtype": "uint8", "crs": "EPSG:4326"}
+    transform = rasterio.transform.from_origin(0, 6, 0.01, 0.01)
+    with rasterio.open(source, "w", **profile, nodata=0, transform=transform, photometric="RGB") as dataset:
+        dataset.write(data)
+    cog = convert(source, tmp_path, compression="jpeg")
+    assert cog_problems(cog) == []
+    with rasterio.open(cog) as out:
+        assert out.nodata is None and out.compression.name == "jpeg"
+        mask = out.dataset_mask()
+        assert mask[:100, :100].max() == 0 and mask[100:, 100:].min() == 255
+
+
 def test_an_internal_mask_is_carried_over(tmp_path: Path) -> None:
     source = tmp_path / "masked.tif"
     data = np.full((1, 300, 300), 7, dtype="uint8")
@@ -129,9 +147,20 @@ def test_predictor_profile_and_resampling_defaults(tmp_path: Path) -> None:
     assert predictor_for("deflate", "float32") == 3
     assert predictor_for("zstd", "uint16") == 2
     assert predictor_for("jpeg", "uint8") is None
-    profile = creation_profile(CogOptions(compression="zstd", threads=3), "int16")
-    assert profile["compress"].lower() == "zstd" and profile["predictor"] == 2
-    assert profile["num_threads"] == "3" and profile["blockxsize"] == profile["blockysize"] == 512
+    assert cog_creation_options(CogOptions(compression="zstd", threads=3), "int16") == {
+        "COMPRESS": "ZSTD",
+        "LEVEL": "9",
+        "PREDICTOR": "STANDARD",
+        "BLOCKSIZE": "512",
+        "OVERVIEW_RESAMPLING": "AVERAGE",
+        "NUM_THREADS": "3",
+        "BIGTIFF": "IF_SAFER",
+    }
+    deflate = cog_creation_options(CogOptions(overview_resampling="mode"), "float64")
+    assert deflate["PREDICTOR"] == "FLOATING_POINT" and deflate["LEVEL"] == "6"
+    assert deflate["OVERVIEW_RESAMPLING"] == "MODE"
+    jpeg = cog_creation_options(CogOptions(compression="jpeg", jpeg_quality=70), "uint8")
+    assert jpeg["QUALITY"] == "70" and "PREDICTOR" not in jpeg and "LEVEL" not in jpeg
     assert default_overview_resampling(metadata_of(rasters.paletted, tmp_path)) == "mode"
     assert default_overview_resampling(metadata_of(rasters.float32_nodata_nan, tmp_path)) == "average"
 
