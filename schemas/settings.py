@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     task_retry_base_seconds: float = Field(default=1.0, ge=0)
     task_retry_max_seconds: float = Field(default=60.0, ge=0)
     task_lease_seconds: int = Field(default=300, ge=5)
+    # An invocation goes on to the fan-out/task its own messages released while younger than
+    # this (services/work_chain.py); 0 turns the chaining off.
+    inline_chain_seconds: float = Field(default=60.0, ge=0)
     publish_concurrency: int = Field(default=16, ge=1, le=64)
     # Re-sends of a message while Postgres is unavailable, before letting the host retry it.
     max_message_deferrals: int = Field(default=20, ge=0)

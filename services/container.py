@@ -28,6 +28,7 @@ from services.outbox_relay import OutboxRelay
 from services.queue_publisher import QueuePublisher
 from services.retry_policy import RetryPolicy
 from services.task_runner import TaskRunner, TaskRunnerOptions
+from services.work_chain import WorkChain
 
 T = TypeVar("T")
 
@@ -141,6 +142,12 @@ class ServiceContainer:
     def task_runner(self) -> TaskRunner:
         options = TaskRunnerOptions(lease_seconds=self.settings.task_lease_seconds, default_retry=self.default_retry)
         return self._once("task_runner", lambda: TaskRunner(self.db, self.registry, self.relay, self.deferral, options))
+
+    @property
+    def work_chain(self) -> WorkChain:
+        """What the engine's queue triggers call: one message, then the work it made runnable."""
+        budget = self.settings.inline_chain_seconds
+        return self._once("work_chain", lambda: WorkChain(self.orchestrator, self.task_runner, budget_seconds=budget))
 
     @property
     def dead_letters(self) -> DeadLetterHandler:

@@ -35,37 +35,43 @@ class JobOrchestrator:
         self._relay = relay
         self._deferral = deferral
 
-    def handle(self, message: JobMessage) -> None:
-        """Entry point of the job queue trigger."""
+    def handle(self, message: JobMessage) -> list[OutboxMessage]:
+        """A job queue delivery: ``process``, deferring the message while Postgres is unavailable.
+        Returns the messages published (services/work_chain.py follows them)."""
         try:
-            if message.action is JobAction.FINALIZE:
-                self.finalize(message.job_id)
-            else:
-                self.create_stage(message.job_id, message.stage)
+            return self.process(message)
         except DatabaseUnavailableError as exc:
             delay = self._deferral.defer("jobs", message.model_dump(mode="json"), message.deferrals)
             if delay is None:
                 raise
             job_logger(logger, message.job_id).warning("postgres unavailable (%s); message deferred %.1fs", exc, delay)
+            return []
+
+    def process(self, message: JobMessage) -> list[OutboxMessage]:
+        """Fan out the message's stage or finalize the job; returns the messages published."""
+        if message.action is JobAction.FINALIZE:
+            return self.finalize(message.job_id)
+        return self.create_stage(message.job_id, message.stage)
 
     # --- fan-out --------------------------------------------------------------------------------
 
-    def create_stage(self, job_id: str, stage: int) -> None:
+    def create_stage(self, job_id: str, stage: int) -> list[OutboxMessage]:
         """Insert all tasks of ``stage`` in one transaction, then publish their messages."""
         log = job_logger(logger, job_id)
         with self._db.transaction() as repo:
             job = repo.lock_job(job_id)
             if job is None:
                 log.error("job message for unknown job; dropped")
-                return
+                return []
             if job.status.is_terminal:
                 log.info("job is %s; stage %d message dropped", job.status, stage)
-                return
+                return []
             if job.stage != stage:
                 log.info("stale message for stage %d (job is at stage %d); dropped", stage, job.stage)
-                return
+                return []
             outbox = self._fan_out(repo, job, stage, log)
         self._relay.publish(outbox)
+        return outbox
 
     def _fan_out(
         self, repo: EngineRepository, job: JobRecord, stage: int, log: logging.LoggerAdapter[logging.Logger]
@@ -106,11 +112,12 @@ class JobOrchestrator:
 
     # --- fan-in: finalisation -------------------------------------------------------------------
 
-    def finalize(self, job_id: str) -> None:
+    def finalize(self, job_id: str) -> list[OutboxMessage]:
         """Run the job type's finalizer once every stage is complete; exactly one call completes the job."""
         with self._db.transaction() as repo:
             outbox = self._finalize(repo, job_id, job_logger(logger, job_id))
         self._relay.publish(outbox)
+        return outbox
 
     def _finalize(
         self, repo: EngineRepository, job_id: str, log: logging.LoggerAdapter[logging.Logger]

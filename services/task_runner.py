@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import ClaimedTask, OutboxMessage, TaskStatus
-from schemas.messages import JobMessage, TaskMessage
+from schemas.messages import TaskMessage
 from services.deferral import MessageDeferral
 from services.error_classification import ClassifiedError, ErrorCategory, classify
 from services.job_lifecycle import fail_job, queue_task_messages
@@ -75,9 +75,7 @@ class TaskRunner:
         relay: OutboxRelay,
         deferral: MessageDeferral,
         options: TaskRunnerOptions,
-        job_message_handler: Callable[[JobMessage], None] | None = None,
     ) -> None:
-        self._job_message_handler = job_message_handler
         self._db = db
         self._registry = registry
         self._relay = relay
@@ -85,22 +83,36 @@ class TaskRunner:
         self._options = options
         self._leases = LeaseKeeper(db, options.lease_seconds)
 
-    def handle(self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1, queue: str = "tasks") -> None:
-        """Entry point of the task queue triggers (``queue`` is the logical queue it came from)."""
+    def handle(
+        self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1, queue: str = "tasks"
+    ) -> list[OutboxMessage]:
+        """A task queue delivery (``queue`` is the logical queue it came from). Returns the messages
+        published (services/work_chain.py follows them)."""
         log = job_logger(logger, message.job_id, message.task_id)
         origin = message.origin_message_id or message_id
         try:
-            self._handle(message, origin, message.deferrals * _DELIVERIES_PER_DEFERRAL + dequeue_count, log)
+            return self._handle(message, origin, message.deferrals * _DELIVERIES_PER_DEFERRAL + dequeue_count, log)
         except DatabaseUnavailableError as exc:
             body = {**message.model_dump(exclude_defaults=True), "origin_message_id": origin}
             delay = self._deferral.defer(queue, body, message.deferrals)
             if delay is None:
                 raise
             log.warning("postgres unavailable (%s); message deferred %.1fs", exc, delay)
+            return []
+
+    def run_inline(self, message: TaskMessage) -> list[OutboxMessage]:
+        """Run a task whose message this instance just published, without waiting for its delivery.
+
+        The claim carries an id no queue delivery has, so while this run's lease lives the queued
+        delivery is dropped as a duplicate; if this instance dies, the lease lapses and the queued
+        delivery (or the janitor's expired-lease sweep) runs the task again.
+        """
+        log = job_logger(logger, message.job_id, message.task_id)
+        return self._handle(message, f"inline-{uuid.uuid4().hex}", 1, log)
 
     def _handle(
         self, message: TaskMessage, origin: str, delivery: int, log: logging.LoggerAdapter[logging.Logger]
-    ) -> None:
+    ) -> list[OutboxMessage]:
         with self._db.statements() as repo:
             claimed = repo.claim_task(message.task_id, self._options.lease_seconds, origin, delivery)
             state = None if claimed else repo.describe_task_state(message.task_id)
@@ -114,26 +126,11 @@ class TaskRunner:
                     state["job_status"],
                     state["lease_live"],
                 )
-            return
+            return []
         log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, delivery)
         outbox = self._run_and_record(claimed, log)
         self._relay.publish(outbox)
-        self._hand_off_inline(outbox, log)
-
-    def _hand_off_inline(self, outbox: list[OutboxMessage], log: logging.LoggerAdapter[logging.Logger]) -> None:
-        """The task that closed a stage also runs the next fan-out (or the finalizer) right away, in
-        this instance, instead of waiting for the job queue's poller (up to maxPollingInterval per
-        stage). The job message was published all the same: if this fails or the instance dies,
-        the job queue trigger does the work; if it succeeds, that message finds it done."""
-        if self._job_message_handler is None:
-            return
-        for message in outbox:
-            if message.queue != "jobs":
-                continue
-            try:
-                self._job_message_handler(JobMessage.model_validate(message.body))
-            except Exception:
-                log.warning("inline hand-off failed; the job queue message will do it", exc_info=True)
+        return outbox
 
     def retry_policy(self, controller: JobController[Any] | None) -> RetryPolicy:
         return (controller.retry_policy if controller else None) or self._options.default_retry

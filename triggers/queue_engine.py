@@ -30,7 +30,7 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
         if message is None:
             container.dead_letters.record(received(msg, queue_name), problem or "invalid")
             return
-        container.task_runner.handle(
+        container.work_chain.on_task_message(
             message, message_id=msg.id or "", dequeue_count=msg.dequeue_count or 1, queue=logical_queue
         )
 
@@ -41,7 +41,7 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
         if message is None:
             container.dead_letters.record(received(msg, settings.job_queue), problem or "invalid")
             return
-        container.orchestrator.handle(message)
+        container.work_chain.on_job_message(message)
 
     @bp.function_name("process_task_message")
     @bp.queue_trigger(arg_name="msg", queue_name="%TASK_QUEUE%", connection="AzureWebJobsStorage")

@@ -90,11 +90,12 @@ class QueuePump:
 
     def _dispatch(self, queue: str, message: QueueMessage) -> None:
         body = base64.b64decode(message.content)
+        # Like the triggers: through the work chain (which follows what each message released).
         if queue == "jobs":
-            self.container.orchestrator.handle(JobMessage.model_validate_json(body))
+            self.container.work_chain.on_job_message(JobMessage.model_validate_json(body))
         else:
             task = TaskMessage.model_validate_json(body)
-            self.container.task_runner.handle(
+            self.container.work_chain.on_task_message(
                 task, message_id=message.id, dequeue_count=message.dequeue_count or 1, queue=queue
             )
         with self._lock:
