@@ -194,6 +194,9 @@ class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
         params = {"task_id": task_id, "error": error, "error_category": category}
         return self._one("release_task_for_retry", params) is not None
 
+    def hand_back_task(self, task_id: str) -> bool:
+        return self._one("hand_back_task", {"task_id": task_id}) is not None
+
     def set_task_error_category(self, task_id: str, category: str) -> None:
         self._conn.execute(query("set_task_error_category"), {"task_id": task_id, "error_category": category})
 

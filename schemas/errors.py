@@ -82,6 +82,16 @@ class ThrottlingError(TransientTaskError):
         self.retry_after = retry_after
 
 
+class InstanceBusyError(TaskError):
+    """This instance cannot start the task now (e.g. every conversion slot is taken). The task goes
+    back to the queue after ``retry_after`` seconds, for any instance, without counting an attempt:
+    nothing was tried."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 # --- blob storage errors (Azure SDK errors translated in repositories/blob_storage.py) -----------
 
 

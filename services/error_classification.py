@@ -4,6 +4,8 @@
   fail the task at once;
 - throttling: the service asked us to slow down (ThrottlingError, HTTP 429, 503 ServerBusy) →
   retry, no sooner than Retry-After;
+- busy: this instance could not start the task (InstanceBusyError) → hand it back to the queue
+  after its retry_after, without counting an attempt;
 - transient: everything else, including unknown exceptions → retry with backoff.
 """
 
@@ -16,7 +18,7 @@ from enum import StrEnum
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from schemas.errors import PermanentTaskError, ThrottlingError
+from schemas.errors import InstanceBusyError, PermanentTaskError, ThrottlingError
 
 # HTTP statuses that will not change on retry. 408 (timeout) and 429 (throttling) are not here.
 _PERMANENT_HTTP_STATUSES = {400, 401, 403, 404, 405, 409, 410, 411, 412, 413, 414, 415, 416, 422}
@@ -27,6 +29,7 @@ class ErrorCategory(StrEnum):
     PERMANENT = "permanent"
     TRANSIENT = "transient"
     THROTTLING = "throttling"
+    BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,9 @@ def classify(exc: BaseException) -> ClassifiedError:
     message = describe(exc)
     if isinstance(exc, PermanentTaskError):
         return ClassifiedError(ErrorCategory.PERMANENT, message)
-    if isinstance(exc, ThrottlingError):
-        return ClassifiedError(ErrorCategory.THROTTLING, message, exc.retry_after)
+    if isinstance(exc, ThrottlingError | InstanceBusyError):
+        category = ErrorCategory.BUSY if isinstance(exc, InstanceBusyError) else ErrorCategory.THROTTLING
+        return ClassifiedError(category, message, exc.retry_after)
     if isinstance(exc, ResourceNotFoundError):
         return ClassifiedError(ErrorCategory.PERMANENT, message)
     if isinstance(exc, HttpResponseError):

@@ -176,6 +176,10 @@ class TaskRunner:
         log: logging.LoggerAdapter[logging.Logger],
     ) -> list[OutboxMessage]:
         attempts = claimed.task.attempts
+        if error.category is ErrorCategory.BUSY:
+            delay = error.retry_after or 0.0
+            log.info("instance busy, task handed back to the queue for %.1fs: %s", delay, error.message)
+            return self._hand_back(claimed, delay)
         if not policy.should_retry(error, attempts):
             why = "permanent error" if error.category is ErrorCategory.PERMANENT else f"{attempts} attempts"
             log.warning("task failed (%s, %s): %s", why, error.category, error.message)
@@ -191,6 +195,14 @@ class TaskRunner:
         task = claimed.task
         with self._db.transaction() as repo:
             if not repo.release_task_for_retry(task.task_id, error.message, str(error.category)):
+                return []
+            return queue_task_messages(repo, task.job_id, claimed.priority, [task.task_id], delay_seconds=delay)
+
+    @_record_retry
+    def _hand_back(self, claimed: ClaimedTask, delay: float) -> list[OutboxMessage]:
+        task = claimed.task
+        with self._db.transaction() as repo:
+            if not repo.hand_back_task(task.task_id):
                 return []
             return queue_task_messages(repo, task.job_id, claimed.priority, [task.task_id], delay_seconds=delay)
 

@@ -132,6 +132,14 @@ UPDATE tasks SET status = 'queued', error = %(error)s, error_category = %(error_
  WHERE task_id = %(task_id)s AND status = 'processing'
 RETURNING attempts;
 
+-- name: hand_back_task
+-- The claimed task never started its work (the instance was busy): queued again, and the attempt
+-- its claim counted is given back.
+UPDATE tasks SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_expires_at = NULL,
+       updated_at = now()
+ WHERE task_id = %(task_id)s AND status = 'processing'
+RETURNING attempts;
+
 -- name: set_task_error_category
 UPDATE tasks SET error_category = %(error_category)s WHERE task_id = %(task_id)s;
 

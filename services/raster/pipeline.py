@@ -6,6 +6,7 @@ controllers/process_raster.py wires them into stages.
 from __future__ import annotations
 
 import os
+import random
 import re
 import tempfile
 import threading
@@ -27,9 +28,9 @@ from repositories.blob_storage import BlobStorage
 from schemas.errors import (
     BlobAccessDeniedError,
     BlobNotFoundError,
+    InstanceBusyError,
     PermanentTaskError,
     StorageUnavailableError,
-    ThrottlingError,
 )
 from services.raster.cog import (
     COG_MEDIA_TYPE,
@@ -48,8 +49,11 @@ from services.raster.vrt import VRT_MEDIA_TYPE, MosaicTile, mosaic_vrt
 from services.stac.builder import AssetFile, build_collection, build_item, write_self_contained
 
 MOSAIC_NAME = "mosaic.vrt"
-# Longest a cog task waits for a conversion slot: well inside the 30 min functionTimeout.
-DEFAULT_SLOT_WAIT_SECONDS = 15 * 60.0
+# A cog task that finds every conversion slot of its process taken waits this long, then goes back
+# to the queue (no attempt counted) to be picked up in HAND_BACK_SECONDS by whichever instance has
+# room: a batch of tiles delivered to one busy instance spreads out instead of queueing behind it.
+DEFAULT_SLOT_WAIT_SECONDS = 5.0
+HAND_BACK_SECONDS = (5.0, 15.0)  # uniform jitter, so handed-back tiles do not return in lockstep
 _TRANSIENT_GDAL_MESSAGES = re.compile(
     r"HTTP response code: (5\d\d|429|408)|timed out|timeout|Could not resolve|Connection|SSL", re.IGNORECASE
 )
@@ -173,7 +177,10 @@ def convert_tile(
         # function timeout while it waits.
         with steps("waited_for_slot"):
             if not conversion_slots.acquire(timeout=slot_wait_seconds):
-                raise ThrottlingError(f"busy converting other tiles for {slot_wait_seconds:.0f}s", retry_after=30.0)
+                raise InstanceBusyError(
+                    f"every conversion slot of this instance stayed busy for {slot_wait_seconds:.0f}s",
+                    retry_after=random.uniform(*HAND_BACK_SECONDS),
+                )
         try:
             with (
                 steps("stage"),

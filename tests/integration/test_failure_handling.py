@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
 from controllers.registry import JobTypeRegistry
-from schemas.errors import ConflictError, InvalidRequestError
+from schemas.errors import ConflictError, InstanceBusyError, InvalidRequestError
 from schemas.messages import JobAction, JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
@@ -24,6 +24,7 @@ from tests.support.engine import QueuePump, job_is_terminal, make_container, mak
 pytestmark = pytest.mark.integration
 
 FLAKY = {"failing": True}
+BUSY_DELIVERIES: dict[str, int] = {}
 
 
 class FlakyParams(BaseModel):
@@ -51,6 +52,27 @@ class FlakyJob(JobController[FlakyParams]):
         return {"collected": sorted(outcome.results_by_stage["collect"])}
 
 
+def busy_twice(ctx: TaskContext[Any]) -> dict[str, Any]:
+    """The instance is "busy" on the first two deliveries of each task (like a taken conversion slot)."""
+    seen = BUSY_DELIVERIES[ctx.task_id] = BUSY_DELIVERIES.get(ctx.task_id, 0) + 1
+    if seen <= 2:
+        raise InstanceBusyError("every slot taken", retry_after=0.1)
+    return {"deliveries": seen, "attempt": ctx.attempt}
+
+
+class BusyJob(JobController[FlakyParams]):
+    job_type = "busy"
+    description = "each task is handed back twice before it runs"
+    parameters_model = FlakyParams
+    stages = (StageDefinition("work", busy_twice),)
+
+    def create_tasks(self, stage: int, params: FlakyParams, previous_results: StageResults) -> list[TaskSpec]:
+        return [TaskSpec(f"k{i}") for i in range(params.n)]
+
+    def finalize(self, params: FlakyParams, outcome: JobOutcome) -> dict[str, Any]:
+        return {"runs": outcome.results_by_stage["work"]}
+
+
 @pytest.fixture
 def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
     return make_settings(azurite_connection_string, postgres_database, task_max_attempts=2)
@@ -58,7 +80,7 @@ def settings(azurite_connection_string: str, postgres_database: str) -> Settings
 
 @pytest.fixture
 def container(settings: Settings) -> Iterator[ServiceContainer]:
-    c = make_container(settings, JobTypeRegistry([HelloWorldController(), FlakyJob()]))
+    c = make_container(settings, JobTypeRegistry([HelloWorldController(), FlakyJob(), BusyJob()]))
     yield c
     c.close()
 
@@ -99,6 +121,18 @@ def test_task_attempts_and_errors_are_visible(container: ServiceContainer) -> No
     [failed] = page["tasks"]
     assert failed["attempts"] == 2 and failed["error_category"] == "transient"
     assert "fails on purpose" in failed["error"]
+
+
+def test_a_busy_instance_hands_tasks_back_without_using_attempts(
+    container: ServiceContainer, settings: Settings
+) -> None:
+    # task_max_attempts is 2 here, so two hand-backs counted as attempts would fail every task.
+    status = run(container, "busy", {"n": 3})
+    assert status["status"] == "completed"
+    assert [run["deliveries"] for run in status["result"]["runs"].values()] == [3, 3, 3]
+    assert {run["attempt"] for run in status["result"]["runs"].values()} == {1}
+    rows = sql(settings, "SELECT attempts, error FROM tasks WHERE job_id = %s", (status["job_id"],))
+    assert rows == [(1, None)] * 3
 
 
 def test_retry_reruns_failed_tasks_and_continues(container: ServiceContainer, settings: Settings) -> None:

@@ -21,7 +21,7 @@ from rio_cogeo.cogeo import cog_validate
 from controllers.process_raster import ProcessRasterController
 from devstack.sample_raster import upload_demo_raster
 from repositories.blob_storage import BlobStorage
-from schemas.errors import InvalidRequestError
+from schemas.errors import InstanceBusyError, InvalidRequestError
 from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.raster.cog import CogOptions
@@ -69,6 +69,7 @@ def container(settings: Settings) -> Iterator[ServiceContainer]:
 def storage(settings: Settings) -> BlobStorage:
     blobs = BlobStorage(settings.storage_connection_string.get_secret_value())
     blobs.ensure_container("bronze")
+    blobs.ensure_container("silver")  # tests that write tiles directly do not go through a job
     return blobs
 
 
@@ -277,6 +278,13 @@ def test_converting_a_tile_twice_writes_the_same_blob(storage: BlobStorage, run_
     assert first["cog"] == again["cog"]
     assert [b.name for b in storage.list_blobs("silver", f"cogs/it-{run_id}/twice/")] == [target.blob]
     assert first["peak_rss_bytes"] > 0
+    # With every conversion slot taken, the task goes back to the queue (InstanceBusyError, no
+    # attempt counted) after a short wait instead of queueing behind the other conversions.
+    taken = threading.Semaphore(1)
+    taken.acquire()
+    with pytest.raises(InstanceBusyError) as busy:
+        convert_tile(*args, conversion_slots=taken, slot_wait_seconds=0.2)
+    assert 5.0 <= busy.value.retry_after <= 15.0 and "stayed busy" in str(busy.value)
 
 
 def test_bad_parameters_are_a_400_with_field_errors(container: ServiceContainer) -> None:

@@ -9,7 +9,7 @@ import pybreaker
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, ServiceRequestError
 
-from schemas.errors import DatabaseUnavailableError, PermanentTaskError, ThrottlingError
+from schemas.errors import DatabaseUnavailableError, InstanceBusyError, PermanentTaskError, ThrottlingError
 from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
 from services.error_classification import ErrorCategory, classify, parse_retry_after
 from services.retry_policy import RetryPolicy
@@ -40,6 +40,7 @@ def http_error(status: int, headers: dict[str, str] | None = None) -> HttpRespon
         (http_error(429, {"Retry-After": "7"}), ErrorCategory.THROTTLING),
         (http_error(503), ErrorCategory.THROTTLING),
         (ThrottlingError("slow down", retry_after=3), ErrorCategory.THROTTLING),
+        (InstanceBusyError("slots taken", retry_after=4), ErrorCategory.BUSY),
         (ServiceRequestError("connection reset"), ErrorCategory.TRANSIENT),
         (DatabaseUnavailableError("down"), ErrorCategory.TRANSIENT),
         (KeyError("anything unknown"), ErrorCategory.TRANSIENT),
