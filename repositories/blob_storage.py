@@ -9,8 +9,8 @@ connection failures → ``StorageUnavailableError`` (transient); other 4xx → `
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,8 +30,11 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
 
+from repositories.blob_upload import GrowingFileUpload, UploadedBlob, block_id, new_upload_nonce
 from schemas.errors import BlobAccessDeniedError, BlobNotFoundError, StorageUnavailableError, ThrottlingError
 from services.error_classification import parse_retry_after
+
+logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 # GDAL reads /vsiaz/ in chunks of this size: fewer, larger range requests (a 16 KiB default makes
@@ -58,27 +61,12 @@ class BlobInfo:
     content_type: str | None
 
 
-@dataclass(frozen=True)
-class UploadedBlob:
-    container: str
-    name: str
-    size: int
-    sha256: str  # hex digest of the uploaded bytes
-
-    def as_output(self) -> dict[str, Any]:
-        return {"container": self.container, "blob": self.name, "bytes": self.size, "sha256": self.sha256}
-
-
 def gdal_connection_string(connection_string: str) -> str:
     """The connection string GDAL's /vsiaz/ understands (expands the development-storage shorthand)."""
     settings = dict(part.split("=", 1) for part in connection_string.strip().rstrip(";").split(";") if "=" in part)
     if settings.get("UseDevelopmentStorage", "").lower() == "true":
         return _DEV_CONNECTION_STRING
     return connection_string
-
-
-def _block_id(index: int) -> str:
-    return base64.b64encode(f"block-{index:08d}".encode()).decode()
 
 
 def _error_code(exc: HttpResponseError) -> str | None:
@@ -160,7 +148,7 @@ class BlobStorage:
 
     @property
     def upload_buffer_bytes(self) -> int:
-        """Most memory ``upload_file`` holds: the blocks in flight."""
+        """Most memory ``upload_file`` and ``upload_while_written`` hold: the blocks in flight."""
         return self._upload_block_bytes * self._upload_concurrency
 
     @property
@@ -257,6 +245,7 @@ class BlobStorage:
             return self.upload_bytes(container, name, path.read_bytes(), content_type=content_type)
         blob = self.client.get_blob_client(container, name)
         digest = hashlib.sha256()
+        nonce = new_upload_nonce()  # see block_id: concurrent uploads of one name stay apart
         block_ids: list[BlobBlock] = []
         with (
             self._guarded("upload", container, name),
@@ -266,15 +255,54 @@ class BlobStorage:
             in_flight: list[Future[Any]] = []
             while block := source.read(self._upload_block_bytes):
                 digest.update(block)
-                block_id = _block_id(len(block_ids))
-                block_ids.append(BlobBlock(block_id=block_id))
-                in_flight.append(pool.submit(blob.stage_block, block_id, block, length=len(block)))
+                staged_id = block_id(nonce, len(block_ids))
+                block_ids.append(BlobBlock(block_id=staged_id))
+                in_flight.append(pool.submit(blob.stage_block, staged_id, block, length=len(block)))
                 if len(in_flight) >= self._upload_concurrency:
                     in_flight.pop(0).result()
             for future in in_flight:
                 future.result()
             blob.commit_block_list(block_ids, content_settings=ContentSettings(content_type=content_type))
         return UploadedBlob(container, name, size, digest.hexdigest())
+
+    @contextmanager
+    def upload_while_written(
+        self, container: str, name: str, path: Path, *, content_type: str
+    ) -> Iterator[GrowingFileUpload]:
+        """Upload ``path`` to a blob while another library writes it; ``commit()`` once it is closed.
+
+        ::
+
+            with storage.upload_while_written("silver", "cogs/a.tif", path, content_type=...) as upload:
+                write(path)  # may create the file later, from other threads
+                uploaded = upload.commit()
+
+        A background thread stages each block (a small head block, then ``upload_block_bytes``
+        ones) once the file has grown a margin past it, at most ``upload_concurrency`` at a time
+        (that much memory). ``commit()`` reads the final file once, hashes it, re-stages the blocks
+        that changed (a COG's header), stages the rest and commits the block list: only then does
+        the blob appear or change. ``upload.staged_while_writing``, ``staged_at_commit`` and
+        ``restaged`` count the blocks sent.
+        Leaving the block without ``commit()`` (an exception, say) commits nothing and leaves an
+        existing blob as it was; the threads are joined before the block is left either way.
+        """
+        upload = GrowingFileUpload(
+            self.client.get_blob_client(container, name),
+            path,
+            content_type=content_type,
+            block_bytes=self._upload_block_bytes,
+            concurrency=self._upload_concurrency,
+            guarded=lambda action: self._guarded(action, container, name),
+        )
+        upload.start()
+        failed = True
+        try:
+            yield upload
+            failed = False
+        finally:
+            upload.close()
+            if not failed and not upload.committed:
+                logger.warning("upload of %s/%s left without commit(): nothing was uploaded", container, name)
 
     # --- GDAL -------------------------------------------------------------------------------
 

@@ -166,7 +166,8 @@ def convert_tile(
     conversion_slots: threading.Semaphore,
     slot_wait_seconds: float = DEFAULT_SLOT_WAIT_SECONDS,
 ) -> dict[str, Any]:
-    """Stage the window locally, convert it to a COG, validate, upload; record what was written."""
+    """Stage the window locally, convert it to a COG while uploading it, validate, commit; record
+    what was written."""
     steps = StepTimer()
     path = storage.vsiaz_path(source.container, source.blob)
     lossy_with_nodata = options.compression in LOSSY_COMPRESSIONS and metadata.nodata is not None
@@ -191,23 +192,30 @@ def convert_tile(
                     stage_window(dataset, window, staged, crs=metadata.crs, nodata_as_mask=lossy_with_nodata)
                 except RasterioError as exc:
                     raise gdal_error(exc, path) from exc
-            with steps("convert"):
-                write_cog(staged, cog, options, dtype=metadata.dtype)
+            # GDAL writes the COG front to back, so its blocks are uploaded while it writes; the blob
+            # appears (or is replaced) only at commit(), after validation. Leaving early commits nothing.
+            with storage.upload_while_written(
+                output.container, output.blob, cog, content_type=COG_MEDIA_TYPE
+            ) as upload:
+                with steps("convert"):
+                    write_cog(staged, cog, options, dtype=metadata.dtype)
                 staged.unlink()
+                with steps("validate"):
+                    problems = cog_problems(cog)
+                    if problems:
+                        raise PermanentTaskError(f"the written COG failed validation: {'; '.join(problems)}")
+                    with rasterio.open(cog) as written:
+                        tile_metadata = inspect_dataset(written)
+                with steps("upload_after_write"):
+                    uploaded = upload.commit()
         finally:
-            release_free_memory()
+            release_free_memory()  # the conversion's heap and the upload's blocks
             conversion_slots.release()
-        with steps("validate"):
-            problems = cog_problems(cog)
-            if problems:
-                raise PermanentTaskError(f"the written COG failed validation: {'; '.join(problems)}")
-            with rasterio.open(cog) as written:
-                tile_metadata = inspect_dataset(written)
-        with steps("upload"):
-            try:
-                uploaded = storage.upload_file(output.container, output.blob, cog, content_type=COG_MEDIA_TYPE)
-            finally:
-                release_free_memory()  # the upload's blocks too
+        upload_blocks = {
+            "while_writing": upload.staged_while_writing,
+            "after_write": upload.staged_at_commit,
+            "changed_after_staging": upload.restaged,
+        }
     return {
         "cog": uploaded.as_output(),
         "window": window.to_dict(),
@@ -215,6 +223,7 @@ def convert_tile(
         "peak_rss_bytes": rss.peak_bytes,
         "process_id": os.getpid(),
         "seconds": steps.seconds,
+        "upload_blocks": upload_blocks,
     }
 
 
