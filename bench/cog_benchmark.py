@@ -22,12 +22,15 @@ Prints the figures and writes them to bench/out/cog-benchmark-<UTC>.json.
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -56,11 +59,11 @@ OURS = {
 TARGETS = {"cog_stage/direct_vsiaz": 1.15, "submit_to_completed/direct_vsiaz": 1.5}
 
 
-def cog_options() -> CogOptions:
+def cog_options(threads: int) -> CogOptions:
     """What process_raster uses for continuous float data with the default settings (and the same
     GDAL block cache in this process as in the workers)."""
     configure_gdal_block_cache(TaskMemoryModel(budget_bytes=BUDGET, worker_baseline_bytes=320 * MIB).gdal_cache_bytes)
-    return CogOptions(compression="deflate", overview_resampling="average", threads=2)
+    return CogOptions(compression="deflate", overview_resampling="average", threads=threads)
 
 
 def direct_conversion(source: str, destination: Path, env: dict[str, Any], options: CogOptions) -> float:
@@ -170,11 +173,13 @@ def median(values: list[float]) -> float:
 
 
 def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    options = cog_options()
+    options = cog_options(args.threads)
     report: dict[str, Any] = {
         "options": cog_creation_options(options, "float32"),
         "budget_bytes": BUDGET,
         "workers": args.workers,
+        "gdal_threads": args.threads,
+        "cpus": os.cpu_count(),
         "machine_before": measure.background_cpu(),
     }
     # Azurite on disk: the big run puts several GB of blobs in it.
@@ -186,7 +191,7 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         )
         log_file = common.OUT_DIR / f"cog-benchmark-host-{common.utc_stamp()}.log"
         with common.running_host(stack, workers=args.workers, log_file=log_file, settings=settings) as host:
-            report["comparison"] = compare(args, work, storage, host, options)
+            report["comparison"] = compare(args, work, stack, storage, host, options)
             if not args.no_big:
                 report["big"] = big_raster(args, work, storage, host)
     report["machine_after"] = measure.background_cpu()
@@ -194,7 +199,12 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def compare(
-    args: argparse.Namespace, work: Path, storage: BlobStorage, host: common.HostProcess, options: CogOptions
+    args: argparse.Namespace,
+    work: Path,
+    stack: common.Stack,
+    storage: BlobStorage,
+    host: common.HostProcess,
+    options: CogOptions,
 ) -> dict[str, Any]:
     source = write_sample_geotiff(work / "terrain.tif", width=args.size, height=args.size, seed=1)
     blob = f"bench/terrain-{args.size}.tif"
@@ -214,25 +224,45 @@ def compare(
         "cog_stage": [],
         "submit_to_completed": [],
     }
-    jobs = []
-    run_job(host.base_url, {"blob_name": blob, "collection_id": "bench-warmup"}, timeout=args.timeout)  # warm-up
-    for repeat in range(args.repeats):
-        runs["direct_local"].append(direct_conversion(str(source), work / "direct.tif", env_local, options))
-        remote = storage.vsiaz_path("bronze", blob)
-        runs["direct_vsiaz"].append(direct_conversion(remote, work / "direct.tif", env_remote, options))
+    cpu: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    account = measure.CpuAccount(
+        {
+            "azurite": lambda: [stack.azurite.process.pid] if stack.azurite else [],
+            "host": lambda: [host.process.pid, *common.worker_pids(host)],
+        }
+    )
+
+    def measured(name: str, action: Callable[[], float]) -> float:
+        """Run one variant from an idle machine, recording its seconds and the CPU it used."""
+        measure.wait_until_quiet()
+        account.start()
+        seconds = action()
+        cpu[name].append(account.stop())
+        runs[name].append(seconds)
+        return seconds
+
+    def blob_to_blob() -> float:
         started = time.perf_counter()
         with rasterio.Env(**env_blob_to_blob):
-            gdal_copy(
-                remote,
-                storage.vsiaz_path("silver", "bench/direct.tif"),
-                driver="COG",
-                **cog_creation_options(options, "float32"),
-            )
-        runs["direct_blob_to_blob"].append(time.perf_counter() - started)
-        job = run_job(host.base_url, {"blob_name": blob, "collection_id": f"bench-{repeat}"}, timeout=args.timeout)
+            gdal_copy(remote, storage.vsiaz_path("silver", "bench/direct.tif"), driver="COG", **creation)
+        return time.perf_counter() - started
+
+    def one_job(collection_id: str) -> float:
+        jobs.append(run_job(host.base_url, {"blob_name": blob, "collection_id": collection_id}, timeout=args.timeout))
+        return float(jobs[-1]["submit_to_completed_s"])
+
+    remote = storage.vsiaz_path("bronze", blob)
+    creation = cog_creation_options(options, "float32")
+    jobs: list[dict[str, Any]] = []
+    run_job(host.base_url, {"blob_name": blob, "collection_id": "bench-warmup"}, timeout=args.timeout)  # warm-up
+    for repeat in range(args.repeats):
+        measured("direct_local", lambda: direct_conversion(str(source), work / "direct.tif", env_local, options))
+        measured("direct_vsiaz", lambda: direct_conversion(remote, work / "direct.tif", env_remote, options))
+        measured("direct_blob_to_blob", blob_to_blob)
+        measured("submit_to_completed", functools.partial(one_job, f"bench-{repeat}"))
+        job = jobs[-1]
         runs["cog_stage"].append(job["cog_stage_s"])
-        runs["submit_to_completed"].append(job["submit_to_completed_s"])
-        jobs.append(job)
+        cpu["cog_stage"].append(cpu["submit_to_completed"][-1])  # one account covers the whole job
         common.log(
             f"repeat {repeat + 1}: direct local {runs['direct_local'][-1]:.2f}s, "
             f"direct /vsiaz/ {runs['direct_vsiaz'][-1]:.2f}s, blob to blob {runs['direct_blob_to_blob'][-1]:.2f}s, "
@@ -244,6 +274,12 @@ def compare(
     return {
         "input": {"blob": blob, "bytes": source.stat().st_size, "width": args.size, "height": args.size},
         "runs_s": runs,
+        # CPU seconds per run, from an idle start: this benchmark's process is "other" (it runs the
+        # direct conversions), Azurite serves and stores the blobs, the host runs the job.
+        "cpu_s": cpu,
+        "median_cpu_s": {
+            name: {k: median([c[k] for c in runs_cpu]) for k in runs_cpu[0]} for name, runs_cpu in cpu.items()
+        },
         "median_s": medians,
         "min_s": fastest,
         "ratios": {
@@ -287,10 +323,15 @@ def print_report(report: dict[str, Any]) -> None:
     comparison = report["comparison"]
     size = comparison["input"]
     print(f"COG benchmark: {size['width']}x{size['height']} float32 ({size['bytes'] / 1e6:.0f} MB file), "
-          f"{len(comparison['runs_s']['cog_stage'])} repeats; options {report['options']}")  # fmt: skip
+          f"{len(comparison['runs_s']['cog_stage'])} repeats, {report['cpus']} CPUs, {report['workers']} workers; "
+          f"options {report['options']}")  # fmt: skip
     print(f"  {'seconds':<52} {'median':>7} {'min':>7}")
     for name, label in {**BASELINES, **OURS}.items():
         print(f"  {label:<52} {comparison['median_s'][name]:7.2f} {comparison['min_s'][name]:7.2f}")
+    print(f"  {'CPU seconds per run (median; direct runs are in other)':<52} {'azurite':>7} {'host':>7} {'other':>7}")
+    for name, label in {**BASELINES, **OURS}.items():
+        used = comparison["median_cpu_s"][name]
+        print(f"  {label:<52} {used['azurite']:7.2f} {used['host']:7.2f} {used['other']:7.2f}")
     print(f"  {'ratio':<52} {'median':>7} {'min':>7}")
     for key, ratio in comparison["ratios"].items():
         ours, baseline = key.split("/")
@@ -324,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-size", type=int, default=28_672, help="side of the >= 3 GB input (float32), px")
     parser.add_argument("--no-big", action="store_true", help="skip the big-raster memory run")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=2, help="GDAL threads, for the direct runs and the workers (GDAL_THREADS)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per comparison job")
     parser.add_argument("--big-timeout", type=float, default=3600.0)
     parser.add_argument("--work-dir", type=Path, default=None, help="scratch space (default: a temp dir)")

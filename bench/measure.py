@@ -144,6 +144,17 @@ def background_cpu(seconds: float = 1.0) -> dict[str, float]:
     return {"busy_share": round((b1 - b0) / max(1, t1 - t0), 3), "load_1m": round(os.getloadavg()[0], 2)}
 
 
+def wait_until_quiet(*, busy_below: float = 0.08, window: float = 0.4, timeout: float = 20.0) -> float:
+    """Wait until the machine's busy share over ``window`` is below ``busy_below`` (e.g. Azurite still
+    persisting the previous measurement's blob), so every timed run starts from the same idle state.
+    Returns the seconds waited (``timeout`` at most)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if background_cpu(window).get("busy_share", 0.0) < busy_below:
+            break
+    return time.monotonic() - started
+
+
 # -- statistics and reports ----------------------------------------------------------------------
 
 
