@@ -31,7 +31,13 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
 
 from repositories.blob_upload import GrowingFileUpload, UploadedBlob, block_id, new_upload_nonce
-from schemas.errors import BlobAccessDeniedError, BlobNotFoundError, StorageUnavailableError, ThrottlingError
+from schemas.errors import (
+    BlobAccessDeniedError,
+    BlobNotFoundError,
+    BlobWriteConflictError,
+    StorageUnavailableError,
+    ThrottlingError,
+)
 from services.error_classification import parse_retry_after
 
 logger = logging.getLogger(__name__)
@@ -78,6 +84,11 @@ def _describe(exc: HttpResponseError) -> str:
     return f"HTTP {exc.status_code} {_error_code(exc) or ''}: {lines[0] if lines else ''}".strip()
 
 
+# A commit whose staged blocks another upload of the same blob discarded (its commit won); retrying
+# the whole write succeeds, so this is transient, yet no sign of a storage outage.
+_WRITE_CONFLICT_CODES = frozenset({"InvalidBlockList"})
+
+
 @contextmanager
 def _translated(action: str, container: str, name: str | None = None) -> Iterator[None]:
     """Translate Azure SDK errors raised inside the block into geoetl's error types."""
@@ -95,6 +106,9 @@ def _translated(action: str, container: str, name: str | None = None) -> Iterato
             raise ThrottlingError(f"{action} {target}: throttled ({_describe(exc)})", retry_after=retry_after) from exc
         if status >= 500 or status in {408, 0}:
             raise StorageUnavailableError(f"{action} {target}: {_describe(exc)}") from exc
+        if _error_code(exc) in _WRITE_CONFLICT_CODES:
+            conflict = f"{action} {target}: another write got there first ({_describe(exc)})"
+            raise BlobWriteConflictError(conflict) from exc
         raise BlobAccessDeniedError(f"{action} {target}: {_describe(exc)}") from exc
     except (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError) as exc:
         raise StorageUnavailableError(f"{action} {target}: storage unreachable: {exc}") from exc

@@ -103,6 +103,11 @@ class BlobAccessDeniedError(PermanentTaskError):
     """Storage refused the request (authentication, authorisation, bad request): retrying will not help."""
 
 
+class BlobWriteConflictError(TransientTaskError):
+    """Two writes of one blob raced (e.g. a task and its zombie): this one's staged blocks were
+    discarded when the other committed. Retrying the write succeeds; not a storage outage."""
+
+
 class StorageUnavailableError(TransientTaskError):
     """Server errors (5xx), timeouts or connection failures: retrying may succeed. Throttling (429,
     503 ServerBusy) is a ``ThrottlingError`` instead, carrying the service's Retry-After."""

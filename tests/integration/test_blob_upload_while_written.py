@@ -19,7 +19,7 @@ from azure.storage.blob import BlobClient
 
 from repositories.blob_storage import BlobStorage, UploadedBlob
 from repositories.blob_upload import THREAD_NAME_PREFIX, block_id, new_upload_nonce
-from schemas.errors import BlobAccessDeniedError, BlobNotFoundError
+from schemas.errors import BlobNotFoundError, BlobWriteConflictError
 
 pytestmark = pytest.mark.integration
 
@@ -252,7 +252,7 @@ def test_concurrent_uploads_of_one_name_do_not_replace_each_others_blocks(
         uploaded = zombie.commit()
         assert storage.download_range(container, name) == first.read_bytes()  # not a mix
         # The other commit discarded this upload's uncommitted blocks: its commit fails, never mixes.
-        with pytest.raises(BlobAccessDeniedError, match="block list is invalid"):
+        with pytest.raises(BlobWriteConflictError, match="another write got there first"):
             retry.commit()
     assert uploaded.sha256 == hashlib.sha256(first.read_bytes()).hexdigest()
     assert storage.download_range(container, name) == first.read_bytes()

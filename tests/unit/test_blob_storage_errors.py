@@ -11,6 +11,7 @@ from repositories.blob_storage import BlobStorage, _translated, gdal_connection_
 from schemas.errors import (
     BlobAccessDeniedError,
     BlobNotFoundError,
+    BlobWriteConflictError,
     PermanentTaskError,
     StorageUnavailableError,
     ThrottlingError,
@@ -50,6 +51,7 @@ def raised(error: Exception, name: str | None = "dir/a.tif") -> Exception:
         (http_error(429, None, {"Retry-After": "7"}), ThrottlingError, TransientTaskError, "throttled"),
         (http_error(503, "ServerBusy"), ThrottlingError, TransientTaskError, "throttled"),
         (http_error(500, "InternalError"), StorageUnavailableError, TransientTaskError, "HTTP 500"),
+        (http_error(400, "InvalidBlockList"), BlobWriteConflictError, TransientTaskError, "got there first"),
         (ServiceRequestError("connection refused"), StorageUnavailableError, TransientTaskError, "unreachable"),
     ],
 )
