@@ -3,6 +3,7 @@ stall monitor, CPU accounting, percentiles and JSON reports. No dependency on be
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -66,7 +67,13 @@ def wait_for_job(base_url: str, job_id: str, *, timeout: float, poll_interval: f
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        status, payload = http_json("GET", f"{base_url}/api/jobs/{job_id}")
+        try:
+            status, payload = http_json("GET", f"{base_url}/api/jobs/{job_id}")
+        except (OSError, http.client.HTTPException) as exc:
+            # A read is safe to repeat: the worker serving it may have died (bench.chaos kills them).
+            last = f"poll failed: {exc!r}"
+            time.sleep(poll_interval)
+            continue
         last = payload
         if status == 200 and isinstance(payload, dict) and payload.get("status") in TERMINAL_JOB_STATUSES:
             return payload
