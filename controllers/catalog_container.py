@@ -19,6 +19,7 @@ import pybreaker
 from pydantic import Field
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
 from controllers.process_raster import COLLECTION_ID_PATTERN
 from repositories.blob_storage import BlobStorage
@@ -59,7 +60,9 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
         cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
     ) -> CatalogContainerController:
         storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
-        return cls(storage, database)
+        controller = cls(storage, database)
+        controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
+        return controller
 
     def list_blobs(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
         return ChunkStore(self._db, ctx.job_id).list_into_chunks(self._storage, ctx.job_parameters)

@@ -20,6 +20,7 @@ import pybreaker
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
@@ -78,7 +79,9 @@ class ExtractMetadataController(JobController[ExtractMetadataParameters]):
         cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
     ) -> ExtractMetadataController:
         storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
-        return cls(storage, database)
+        controller = cls(storage, database)
+        controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
+        return controller
 
     def list_blobs(self, ctx: TaskContext[ExtractMetadataParameters]) -> dict[str, Any]:
         params = ctx.job_parameters

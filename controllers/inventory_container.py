@@ -20,6 +20,7 @@ import pybreaker
 from pydantic import Field
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from controllers.container_defaults import deployment_parameters_model
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName
@@ -68,7 +69,9 @@ class InventoryContainerController(JobController[InventoryContainerParameters]):
         cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
     ) -> InventoryContainerController:
         storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
-        return cls(storage, database)
+        controller = cls(storage, database)
+        controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
+        return controller
 
     # --- handlers -----------------------------------------------------------------------------
 

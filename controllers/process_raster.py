@@ -21,14 +21,15 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
-from typing import Any, cast
+from typing import Any
 
 import pybreaker
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from controllers.container_defaults import with_default_containers
 from repositories.blob_storage import BlobStorage
 from schemas.blob_names import BlobPath, ContainerName
 from schemas.errors import PermanentTaskError
@@ -121,26 +122,6 @@ class ProcessRasterParameters(BaseModel):
         return self.collection_id or collection_id_for(self.blob_name)
 
 
-def parameters_model(default_container: str, default_output_container: str) -> type[ProcessRasterParameters]:
-    """The parameter model with the deployment's default containers (BRONZE/SILVER_CONTAINER)."""
-    fields = ProcessRasterParameters.model_fields
-    if (default_container, default_output_container) == (
-        fields["container"].default,
-        fields["output_container"].default,
-    ):
-        return ProcessRasterParameters
-    model = create_model(
-        "ProcessRasterParameters",
-        __base__=ProcessRasterParameters,
-        container=(ContainerName, Field(default=default_container, description=fields["container"].description)),
-        output_container=(
-            ContainerName,
-            Field(default=default_output_container, description=fields["output_container"].description),
-        ),
-    )
-    return cast(type[ProcessRasterParameters], model)
-
-
 @dataclass(frozen=True)
 class RasterJobOptions:
     memory: TaskMemoryModel
@@ -175,7 +156,11 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         # tile conversions, each up to a task budget, run at once in this process.
         self._conversion_slots = threading.BoundedSemaphore(options.conversions_per_process)
         configure_gdal_block_cache(options.memory.gdal_cache_bytes)
-        self.parameters_model = parameters_model(options.default_container, options.default_output_container)
+        self.parameters_model = with_default_containers(
+            ProcessRasterParameters,
+            container=options.default_container,
+            output_container=options.default_output_container,
+        )
         self.stages = (
             StageDefinition("validate", self.validate),
             StageDefinition("plan", self.plan),

@@ -9,12 +9,15 @@ import pytest
 from pydantic import ValidationError
 
 from controllers.catalog_container import CatalogContainerController, CatalogContainerParameters
-from controllers.extract_metadata import ExtractMetadataParameters
+from controllers.extract_metadata import ExtractMetadataController, ExtractMetadataParameters
 from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
+from schemas.settings import Settings
 from services.inventory.catalog import item_id_for
 from services.inventory.chunks import ListingParameters, chunk_key
 from services.inventory.probe import extension_of
 from services.inventory.report import InventorySummary
+
+CONNECTION = "UseDevelopmentStorage=true"
 
 
 def test_listing_parameters_defaults_and_rules() -> None:
@@ -95,3 +98,28 @@ def test_item_ids_are_unique_and_valid() -> None:
     ids = {item_id_for(name) for name in ("Dir/DEM.tif", "dir/dem.tif", "dir/dem.tiff")}
     assert len(ids) == 3
     assert all(i.startswith("dir-dem.tif") for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("controller_type", "required"),
+    [
+        (InventoryContainerController, {}),
+        (CatalogContainerController, {"collection_id": "c"}),
+        (ExtractMetadataController, {"prefix": "a/"}),
+    ],
+)
+def test_listing_jobs_default_to_the_deployments_containers(controller_type: Any, required: dict[str, str]) -> None:
+    settings = Settings.model_validate(
+        {"AzureWebJobsStorage": CONNECTION, "bronze_container": "raw-in", "silver_container": "curated"}
+    )
+    controller = controller_type.from_settings(settings, None, MagicMock())
+    params = controller.parse_parameters(required)
+    assert (params.container, params.output_container) == ("raw-in", "curated")
+    assert controller.parse_parameters({**required, "container": "other"}).container == "other"
+    with pytest.raises(ValidationError):
+        controller.parse_parameters({**required, "container": "Not_Valid"})  # the name rules still apply
+    fields = controller.parameters_model.model_json_schema()["properties"]
+    assert fields["container"]["default"] == "raw-in" and fields["output_container"]["default"] == "curated"
+    # With the usual names the declared model is used as it is.
+    plain = controller_type.from_settings(Settings.model_validate({"AzureWebJobsStorage": CONNECTION}), None, None)
+    assert plain.parameters_model is controller_type.parameters_model
