@@ -20,9 +20,14 @@ import pytest
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
+from controllers.base import TaskContext
+from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
+from controllers.registry import JobTypeRegistry
 from repositories.blob_storage import BlobStorage
+from schemas.errors import StorageUnavailableError
 from schemas.settings import Settings
 from services.container import ServiceContainer
+from services.inventory.chunks import ChunkStore
 from tests.support import rasters
 from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql
 from tests.support.stac_schemas import requires_stac_schemas, stac_errors
@@ -274,3 +279,36 @@ def test_extract_metadata_under_a_prefix_writes_jsonl(
     entries = [json.loads(line) for line in storage.download_range("silver", ref["blob"]).decode().splitlines()]
     assert sorted(e["name"] for e in entries) == sorted(wanted)
     assert all(e["raster"]["metadata"]["width"] > 0 for e in entries)
+
+
+class ListingRetriedOnce(InventoryContainerController):
+    """The first list attempt stores a different chunking (chunk_size 7), then fails transiently."""
+
+    def list_blobs(self, ctx: TaskContext[InventoryContainerParameters]) -> dict[str, Any]:
+        if ctx.attempt == 1:
+            first = ctx.job_parameters.model_copy(update={"chunk_size": 7})
+            ChunkStore(self._db, ctx.job_id).list_into_chunks(self._storage, first)
+            raise StorageUnavailableError("connection dropped after listing (test)")
+        return super().list_blobs(ctx)
+
+
+def test_a_retried_list_task_replaces_the_chunks_of_its_first_attempt(
+    container: ServiceContainer, settings: Settings, uploaded: tuple[str, dict[str, Uploaded]]
+) -> None:
+    run, blobs = uploaded
+    chunk_size = CHUNK_SIZE - 1  # not the parameters of the module's inventory job (that would be resubmitting it)
+    controller = ListingRetriedOnce.from_settings(settings, None, container.db)
+    retrying = make_container(settings, JobTypeRegistry([controller]))
+    try:
+        status = run_job(retrying, {"prefix": f"{run}/", "chunk_size": chunk_size})
+    finally:
+        retrying.close()
+    assert status["status"] == "completed", status["error"]
+    job_id = status["job_id"]
+    assert sql(settings, "SELECT attempts FROM tasks WHERE job_id = %s AND stage = 1", (job_id,)) == [(2,)]
+    # Only the second attempt's chunks remain (none of the first attempt's 43), each blob in one.
+    chunks = math.ceil(len(blobs) / chunk_size)
+    rows = sql(settings, "SELECT chunk_key, blob_count FROM blob_chunks WHERE job_id = %s ORDER BY 1", (job_id,))
+    assert [key for key, _ in rows] == [f"chunk_{i:05d}" for i in range(chunks)]
+    assert sum(count for _, count in rows) == len(blobs) == status["result"]["summary"]["blobs"]
+    assert sql(settings, "SELECT count(*) FROM tasks WHERE job_id = %s AND stage = 2", (job_id,)) == [(chunks,)]
