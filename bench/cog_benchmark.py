@@ -28,10 +28,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ import rasterio
 from rasterio.shutil import copy as gdal_copy
 
 from bench import common, measure
+from bench.task_memory import ProcessRssSampler, parse_time, per_task_memory
 from devstack.sample_raster import write_sample_geotiff
 from repositories.blob_storage import BlobStorage
 from services.raster.cog import CogOptions, cog_creation_options, configure_gdal_block_cache, gdal_config
@@ -75,10 +74,6 @@ def direct_conversion(source: str, destination: Path, env: dict[str, Any], optio
     return elapsed
 
 
-def parse_time(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
 def job_tasks(base_url: str, job_id: str) -> list[dict[str, Any]]:
     tasks: list[dict[str, Any]] = []
     cursor = None
@@ -103,69 +98,22 @@ def run_job(base_url: str, parameters: dict[str, Any], timeout: float) -> dict[s
     tasks = job_tasks(base_url, submitted["job_id"])
     cog_tasks = [t for t in tasks if t["stage"] == 3]
     first_start = min(parse_time(t["started_at"]) for t in cog_tasks)
-    stage_span = max(parse_time(t["completed_at"]) for t in cog_tasks) - first_start
-    return {"job_id": submitted["job_id"], "submit_to_completed_s": elapsed, "cog_stage_s": stage_span, "tasks": tasks}
-
-
-class ProcessRssSampler:
-    """Samples VmRSS of the host's worker processes every ``interval`` seconds, with timestamps."""
-
-    def __init__(self, host: common.HostProcess, interval: float = 0.05) -> None:
-        self._host = host
-        self._interval = interval
-        self.samples: list[tuple[float, int, int]] = []  # (unix time, pid, rss bytes)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    @staticmethod
-    def status_field(pid: int, field: str) -> int | None:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        except (OSError, ValueError):
-            return None
-        return None
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            now = time.time()
-            for pid in common._worker_pids(self._host):
-                rss = self.status_field(pid, "VmRSS")
-                if rss is not None:
-                    self.samples.append((now, pid, rss))
-
-    def __enter__(self) -> ProcessRssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def peak_between(self, pid: int, start: float, end: float) -> int | None:
-        values = [rss for t, p, rss in self.samples if p == pid and start <= t <= end]
-        return max(values) if values else None
-
-
-def per_task_memory(job: dict[str, Any], sampler: ProcessRssSampler | None) -> list[dict[str, Any]]:
-    rows = []
-    for task in sorted(job["tasks"], key=lambda t: (t["stage"], t["task_key"])):
-        result = task["result"] or {}
-        pid = result.get("process_id")
-        row = {
-            "stage": task["stage"],
-            "task": task["task_key"],
-            "seconds": round(parse_time(task["completed_at"]) - parse_time(task["started_at"]), 2),
-            "peak_rss_reported_mib": round(result["peak_rss_bytes"] / MIB) if result.get("peak_rss_bytes") else None,
-            "process_id": pid,
-            "steps_s": result.get("seconds"),
-        }
-        if sampler is not None and pid:
-            sampled = sampler.peak_between(pid, parse_time(task["started_at"]), parse_time(task["completed_at"]))
-            row["peak_rss_sampled_mib"] = round(sampled / MIB) if sampled else None
-        rows.append(row)
-    return rows
+    last_cog = max(parse_time(t["completed_at"]) for t in cog_tasks)
+    first_task = min(parse_time(t["started_at"]) for t in tasks)
+    # Where a job's time goes besides the cog stage (Postgres timestamps).
+    timeline = {
+        "created_to_first_task_s": first_task - parse_time(job["created_at"]),
+        "first_task_to_cog_start_s": first_start - first_task,
+        "cog_stage_s": last_cog - first_start,
+        "cog_end_to_completed_s": parse_time(job["completed_at"]) - last_cog,
+    }
+    return {
+        "job_id": submitted["job_id"],
+        "submit_to_completed_s": elapsed,
+        "cog_stage_s": last_cog - first_start,
+        "timeline_s": {name: round(value, 3) for name, value in timeline.items()},
+        "tasks": tasks,
+    }
 
 
 def median(values: list[float]) -> float:
@@ -291,6 +239,7 @@ def compare(
             for baseline in BASELINES
         },
         "last_job_tasks": per_task_memory(jobs[-1], None),
+        "job_timelines_s": [job["timeline_s"] for job in jobs],
     }
 
 
@@ -342,6 +291,9 @@ def print_report(report: dict[str, Any]) -> None:
     for task in comparison["last_job_tasks"]:
         if task["stage"] == 3:
             print(f"  cog task {task['task']}: {task['seconds']:.2f} s, steps {task['steps_s']}")
+    timelines = comparison["job_timelines_s"]
+    spans = {name: median([t[name] for t in timelines]) for name in timelines[0]}
+    print("  job timeline (median s): " + ", ".join(f"{name.removesuffix('_s')} {v:.2f}" for name, v in spans.items()))
     big = report.get("big")
     if big:
         print(f"Big raster: {big['input']['width']}x{big['input']['height']} float32 "
