@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pybreaker
+import rasterio
 from azure.core.exceptions import (
     HttpResponseError,
     ResourceExistsError,
@@ -324,6 +325,22 @@ class BlobStorage:
     def vsiaz_path(container: str, name: str) -> str:
         """The GDAL virtual path of a blob, read in place with HTTP range requests."""
         return f"/vsiaz/{container}/{name}"
+
+    @contextmanager
+    def gdal_env(self, **extra: str) -> Iterator[None]:
+        """``rasterio.Env`` for /vsiaz/ access to this account (plus ``extra`` GDAL options), through the
+        storage circuit breaker: a storage outage raised from the block (callers translate GDAL's
+        errors into ``StorageUnavailableError``) counts toward it, and while it is open the block
+        fails fast with ``StorageUnavailableError`` instead of GDAL retrying a dead endpoint."""
+        if self._breaker is None:
+            with rasterio.Env(**self.gdal_options(), **extra):
+                yield
+            return
+        try:
+            with self._breaker.calling(), rasterio.Env(**self.gdal_options(), **extra):
+                yield
+        except pybreaker.CircuitBreakerError as exc:
+            raise StorageUnavailableError("GDAL /vsiaz/ access: storage circuit open") from exc
 
     def gdal_options(self) -> dict[str, str]:
         """GDAL configuration options for /vsiaz/ access to this account (pass to ``rasterio.Env``)."""

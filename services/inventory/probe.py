@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import Any
 
-import rasterio
 from rasterio.errors import RasterioError
 from rio_cogeo.cogeo import cog_validate
 
@@ -43,7 +42,7 @@ def looks_like_raster(storage: BlobStorage, container: str, blob: dict[str, Any]
 def raster_header(storage: BlobStorage, container: str, blob: dict[str, Any], *, full_metadata: bool) -> dict[str, Any]:
     """The header of a GeoTIFF read in place; raises PermanentTaskError subclasses for bad files."""
     path = storage.vsiaz_path(container, blob["name"])
-    with rasterio.Env(**storage.gdal_options()), open_raster(path) as dataset:
+    with storage.gdal_env(), open_raster(path) as dataset:
         try:
             problem = tiff_truncation_problem(dataset, int(blob["size"]))
             if problem:

@@ -137,7 +137,7 @@ def validate_source(
     if info.size == 0:
         raise UnsupportedRasterError(f"blob {source.container}/{source.blob} is empty (0 bytes)")
     path = storage.vsiaz_path(source.container, source.blob)
-    with rasterio.Env(**storage.gdal_options()), open_raster(path) as dataset:
+    with storage.gdal_env(), open_raster(path) as dataset:
         metadata = inspect_dataset(dataset, assume_crs=assume_crs)
         truncated = tiff_truncation_problem(dataset, info.size)
         if truncated:
@@ -185,7 +185,7 @@ def convert_tile(
         try:
             with (
                 steps("stage"),
-                rasterio.Env(**storage.gdal_options(), **gdal_config(options)),
+                storage.gdal_env(**gdal_config(options)),
                 open_raster(path) as dataset,
             ):
                 try:

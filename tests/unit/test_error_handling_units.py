@@ -124,3 +124,23 @@ def test_blob_storage_fails_fast_while_its_breaker_is_open() -> None:
     assert breaker.current_state == "open"
     with pytest.raises(StorageUnavailableError, match="circuit open"):
         storage.exists("bronze", "a.tif")
+
+
+def test_gdal_access_goes_through_the_storage_breaker() -> None:
+    from repositories.blob_storage import BlobStorage
+    from schemas.errors import StorageUnavailableError
+
+    breaker = make_breaker("storage", fail_max=2, reset_seconds=60, counts=counts_storage_outage)
+    storage = BlobStorage("UseDevelopmentStorage=true", breaker=breaker)
+    for _ in range(3):  # bad files are the caller's problem, not an outage
+        with pytest.raises(PermanentTaskError), storage.gdal_env(GDAL_NUM_THREADS="1"):
+            raise PermanentTaskError("cannot be read as a GeoTIFF")
+    assert breaker.current_state == "closed"
+    for _ in range(2):  # what pipeline.gdal_error makes of GDAL's network errors
+        with pytest.raises(StorageUnavailableError), storage.gdal_env():
+            raise StorageUnavailableError("reading /vsiaz/bronze/a.tif: HTTP response code: 503")
+    assert breaker.current_state == "open"
+    ran = []
+    with pytest.raises(StorageUnavailableError, match="circuit open"), storage.gdal_env():
+        ran.append(True)
+    assert ran == []  # failed fast: GDAL was not even configured
