@@ -94,21 +94,20 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
                 if len(skipped) < MAX_LISTED_SKIPS:
                     skipped.append({"name": result["name"], "reason": result["skipped"]})
 
-        all_items = list(items())
         source = f"{params.container}/{params.prefix}"
-        if not all_items:
+        published = publish_in_place_catalog(
+            self._storage,
+            items(),
+            source=source,
+            output_container=params.output_container,
+            collection_id=params.collection_id,
+        )
+        if published is None:
             reasons = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped[:3])
             raise PermanentTaskError(
                 f"no readable GeoTIFF under {source}: {counts['blobs']} blobs, {counts['not_raster']} not rasters, "
                 f"{counts['unreadable']} unreadable" + (f" ({reasons})" if reasons else "")
             )
-        published = publish_in_place_catalog(
-            self._storage,
-            all_items,
-            source=source,
-            output_container=params.output_container,
-            collection_id=params.collection_id,
-        )
         return {**published, **counts, "skipped": skipped}
 
     def create_tasks(

@@ -1,25 +1,29 @@
 """STAC for rasters catalogued in place (catalog_container): one Item per readable raster, its
 asset the source blob itself (no conversion), built with the same builder as process_raster; a
-Collection whose extent is the union; written as a self-contained catalog to blob storage."""
+Collection whose extent is the union; written as a self-contained catalog to blob storage, item by
+item, so a container of any size fits in a task's memory."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-import tempfile
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pystac
 
 from repositories.blob_storage import BlobStorage
 from services.inventory.probe import KIND_RASTER
+from services.raster.footprint import BBox, union_bbox
 from services.raster.inspect import RasterMetadata
-from services.stac.builder import AssetFile, build_collection, build_item, write_self_contained
+from services.stac.builder import AssetFile, build_item
 
 GEOTIFF_MEDIA_TYPE = "image/tiff; application=geotiff"
+JSON = "application/json"
 
 
 def item_id_for(name: str) -> str:
@@ -51,6 +55,13 @@ def skip_reason(entry: dict[str, Any]) -> str:
     return str(entry.get("error") or "not a raster")
 
 
+UPLOADS_IN_FLIGHT = 32  # item files being written at once (each a few KB)
+
+
+def _link_to(rel: str, href: str, media_type: str, title: str | None = None) -> pystac.Link:
+    return pystac.Link(rel, href, media_type=media_type, title=title)
+
+
 def publish_in_place_catalog(
     storage: BlobStorage,
     items: Iterable[dict[str, Any]],
@@ -58,26 +69,56 @@ def publish_in_place_catalog(
     source: str,
     output_container: str,
     collection_id: str,
-) -> dict[str, Any]:
-    """Write the collection and its items under {output_container}/stac/{collection_id}/."""
-    stac_items = [pystac.Item.from_dict(item) for item in items]
-    collection = build_collection(
-        collection_id,
-        stac_items,
+) -> dict[str, Any] | None:
+    """Write the items, then their collection, as a self-contained catalog under
+    {output_container}/stac/{collection_id}/ (the layout pystac's SELF_CONTAINED save gives:
+    ``./<item id>/<item id>.json``, links relative). Streams: each item is written as it comes, so
+    only its id, bbox and datetime stay in memory, whatever the number of rasters.
+    Returns None, writing nothing, when ``items`` is empty."""
+    storage.ensure_container(output_container)
+    prefix = f"stac/{collection_id}"
+    collection_link = "../collection.json"
+    bboxes: list[BBox] = []
+    times: list[datetime] = []
+    item_hrefs: list[str] = []
+    with ThreadPoolExecutor(8, thread_name_prefix="stac-items") as pool:
+        in_flight: deque[Future[Any]] = deque()
+        for data in items:
+            item = pystac.Item.from_dict(data)
+            item.collection_id = collection_id
+            item.clear_links()
+            for rel in (pystac.RelType.ROOT, pystac.RelType.COLLECTION, pystac.RelType.PARENT):
+                item.add_link(_link_to(rel, collection_link, pystac.MediaType.JSON, collection_id))
+            body = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False)).encode()
+            blob = f"{prefix}/{item.id}/{item.id}.json"
+            in_flight.append(pool.submit(storage.upload_bytes, output_container, blob, body, content_type=JSON))
+            if len(in_flight) >= UPLOADS_IN_FLIGHT:
+                in_flight.popleft().result()
+            if item.bbox:
+                bboxes.append(tuple(item.bbox))  # type: ignore[arg-type]
+            if item.datetime is not None:
+                times.append(item.datetime)
+            item_hrefs.append(f"./{item.id}/{item.id}.json")
+        for upload in in_flight:
+            upload.result()
+    if not item_hrefs:
+        return None
+    bbox = union_bbox(bboxes)
+    collection = pystac.Collection(
+        id=collection_id,
         description=f"GeoTIFFs catalogued in place under {source}, made by geoetl.",
         title=collection_id,
+        license="other",
+        extent=pystac.Extent(pystac.SpatialExtent([list(bbox)]), pystac.TemporalExtent([[min(times), max(times)]])),
     )
-    storage.ensure_container(output_container)
-    with tempfile.TemporaryDirectory(prefix="geoetl-catalog-") as work:
-        root = Path(work)
-        written = []
-        for path in write_self_contained(collection, root / "stac" / collection_id):
-            blob = path.relative_to(root).as_posix()
-            storage.upload_bytes(output_container, blob, path.read_bytes(), content_type="application/json")
-            written.append(blob)
-    collection_blob = f"stac/{collection_id}/collection.json"
+    collection.clear_links()
+    collection.add_link(_link_to(pystac.RelType.ROOT, "./collection.json", pystac.MediaType.JSON, collection_id))
+    collection.add_links([_link_to(pystac.RelType.ITEM, href, pystac.MediaType.GEOJSON) for href in item_hrefs])
+    collection_blob = f"{prefix}/collection.json"
+    body = json.dumps(collection.to_dict(include_self_link=False, transform_hrefs=False)).encode()
+    storage.upload_bytes(output_container, collection_blob, body, content_type=JSON)
     return {
         "collection": {"container": output_container, "blob": collection_blob},
-        "items": len(written) - 1,
-        "bbox": collection.extent.spatial.bboxes[0],
+        "items": len(item_hrefs),
+        "bbox": list(bbox),
     }

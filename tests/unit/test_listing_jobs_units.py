@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
 
 import pytest
+import rasterio
 from pydantic import ValidationError
 
 from controllers.catalog_container import CatalogContainerController, CatalogContainerParameters
 from controllers.extract_metadata import ExtractMetadataController, ExtractMetadataParameters
 from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
 from schemas.settings import Settings
-from services.inventory.catalog import item_id_for
+from services.inventory.catalog import UPLOADS_IN_FLIGHT, item_id_for, publish_in_place_catalog
 from services.inventory.chunks import ListingParameters, chunk_key
 from services.inventory.probe import extension_of
 from services.inventory.report import InventorySummary
+from services.raster.inspect import inspect_dataset
+from services.stac.builder import AssetFile, build_item
+from tests.support import rasters
 
 CONNECTION = "UseDevelopmentStorage=true"
 
@@ -123,3 +130,45 @@ def test_listing_jobs_default_to_the_deployments_containers(controller_type: Any
     # With the usual names the declared model is used as it is.
     plain = controller_type.from_settings(Settings.model_validate({"AzureWebJobsStorage": CONNECTION}), None, None)
     assert plain.parameters_model is controller_type.parameters_model
+
+
+class RecordingStorage:
+    """Keeps what is uploaded (thread-safe enough for list.append) and nothing else."""
+
+    def __init__(self) -> None:
+        self.uploaded: list[str] = []
+
+    def ensure_container(self, container: str) -> None:
+        pass
+
+    def upload_bytes(self, container: str, name: str, data: bytes, *, content_type: str) -> None:
+        self.uploaded.append(name)
+
+
+def test_the_in_place_catalog_streams_its_items(tmp_path: Path) -> None:
+    with rasterio.open(rasters.uint8_rgb(tmp_path / "rgb.tif")) as dataset:
+        metadata = inspect_dataset(dataset)
+    storage = RecordingStorage()
+    seen_when_produced: list[int] = []
+
+    def items() -> Iterator[dict[str, Any]]:
+        for i in range(300):
+            seen_when_produced.append(len(storage.uploaded))
+            asset = AssetFile(href=f"http://x/bronze/r{i}.tif", size=1, title=f"r{i}")
+            item = build_item(f"r{i}", metadata, asset, item_datetime=datetime(2021, 1, 1 + i % 28, tzinfo=UTC))
+            yield item.to_dict(include_self_link=False, transform_hrefs=False)
+
+    published = publish_in_place_catalog(
+        storage,  # type: ignore[arg-type]
+        items(),
+        source="bronze/x",
+        output_container="silver",
+        collection_id="c",
+    )
+    assert published is not None and published["items"] == 300
+    assert storage.uploaded[-1] == "stac/c/collection.json" and len(set(storage.uploaded)) == 301
+    # Items were written while later ones were still being produced: never all held at once.
+    assert seen_when_produced[-1] >= 300 - 2 * UPLOADS_IN_FLIGHT
+    empty = RecordingStorage()
+    assert publish_in_place_catalog(empty, iter([]), source="s", output_container="o", collection_id="c") is None  # type: ignore[arg-type]
+    assert empty.uploaded == []
