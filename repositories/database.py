@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,15 +32,20 @@ def translate_driver_error(exc: Exception) -> RepositoryError:
     return RepositoryError(f"database error ({sqlstate}): {exc}")
 
 
-def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
-    """Pool checkout check without a round trip: an idle connection whose socket is readable has
-    been closed or terminated by the server (it sent an error or EOF), so only then probe it
-    (the probe raises and the pool replaces the connection)."""
+def server_closed(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection is dead, without a round trip: its socket is readable only if the
+    server sent something unasked, i.e. an error or EOF (backend terminated, server restarted);
+    only then is it probed."""
     if conn.closed or conn.broken:
-        raise psycopg.OperationalError("connection is closed")
+        return True
     readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    if not readable:
+        return False
+    try:
         ConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return True
+    return False
 
 
 class Database:
@@ -53,6 +59,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         timeout_seconds: float = 30.0,
+        reconnect_timeout_seconds: float = 5.0,
         breaker: pybreaker.CircuitBreaker | None = None,
     ) -> None:
         self._conninfo = conninfo
@@ -60,6 +67,7 @@ class Database:
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout_seconds
+        self._reconnect_timeout = reconnect_timeout_seconds
         self._pool: ConnectionPool | None = None
         self._lock = threading.Lock()
         # Counts DatabaseUnavailableError only; while open, transactions fail fast.
@@ -78,9 +86,13 @@ class Database:
                     min_size=self._min_size,
                     max_size=self._max_size,
                     timeout=self._timeout,
+                    # A failed connection attempt is retried with doubling delays, and while it is,
+                    # the pool adds no other connection for waiting clients: with the library's
+                    # 5-minute default one unlucky attempt (server restarting, connection killed
+                    # while being configured) can make every caller wait the full pool timeout.
+                    reconnect_timeout=self._reconnect_timeout,
                     kwargs={"row_factory": dict_row},
                     configure=self._configure,
-                    check=check_idle_connection,
                     name=f"geoetl-{self.schema}",
                     open=False,
                 )
@@ -102,9 +114,32 @@ class Database:
             raise DatabaseUnavailableError(f"postgres circuit open: {exc}") from exc
 
     @contextmanager
+    def _live_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection from the pool, like ``pool.connection()``, skipping dead idle ones.
+
+        Dead connections are closed (the pool replaces them) and the next one is taken at once.
+        The pool's own ``check`` would sleep between failed checks with a doubling delay (1, 2, 4,
+        8, 16 s), so after a burst of killed connections one caller could wait out the whole pool
+        timeout although live connections were back within a second.
+        """
+        pool = self.pool
+        deadline = time.monotonic() + self._timeout
+        while True:
+            conn = pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            if not server_closed(conn):
+                break
+            conn.close()
+            pool.putconn(conn)  # closed: the pool discards it and connects a replacement
+        try:
+            with conn:  # commit on success, roll back on error (the pool keeps it open)
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    @contextmanager
     def _translated_transaction(self, autocommit: bool = False) -> Iterator[EngineRepository]:
         try:
-            with self.pool.connection() as conn:
+            with self._live_connection() as conn:
                 if autocommit:
                     conn.autocommit = True
                     try:

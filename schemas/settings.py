@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     db_pool_max_size: int = Field(default=10, ge=1)
     db_connect_timeout_seconds: int = Field(default=10, ge=1)
     db_pool_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How long the pool keeps retrying one failed connection attempt (its backoff doubles from 1 s)
+    # before giving up and starting afresh: bounds how long a killed or failed-over server keeps
+    # the pool from growing again once it is back.
+    db_reconnect_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # HTTP API.
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -76,6 +76,7 @@ class ServiceContainer:
                 min_size=s.db_pool_min_size,
                 max_size=s.db_pool_max_size,
                 timeout_seconds=s.db_pool_timeout_seconds,
+                reconnect_timeout_seconds=s.db_reconnect_timeout_seconds,
                 breaker=self.breaker("postgres"),
             ),
         )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from repositories.database import Database
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
@@ -224,3 +225,24 @@ def test_lease_keeper_renews_leases_of_running_tasks_only(container: ServiceCont
         )
     )
     assert leases == {running: True, idle: False}
+
+
+def test_killed_idle_connections_are_replaced_without_waiting(settings: Settings) -> None:
+    db = Database(settings.postgres_conninfo(), schema=settings.postgres_schema, min_size=3, max_size=3)
+    try:
+        held = [db.pool.getconn() for _ in range(3)]
+        pids = [conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"] for conn in held]  # type: ignore[index,call-overload]
+        for conn in held:
+            db.pool.putconn(conn)
+        with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        time.sleep(0.2)  # the server's termination notices reach the idle sockets
+        started = time.monotonic()
+        with db.statements() as repo:
+            assert repo.get_job("0" * 64) is None
+        # All three idle connections were dead: each was dropped at once (the pool's own check
+        # would have slept 1 s, then 2 s, between them) and a new one served the statement.
+        assert time.monotonic() - started < 1.5
+        assert db.pool.get_stats()["returns_bad"] == 3
+    finally:
+        db.close()
