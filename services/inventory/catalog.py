@@ -79,7 +79,8 @@ def publish_in_place_catalog(
     prefix = f"stac/{collection_id}"
     collection_link = "../collection.json"
     bboxes: list[BBox] = []
-    times: list[datetime] = []
+    first: datetime | None = None  # the temporal extent: only its ends are kept
+    last: datetime | None = None
     item_hrefs: list[str] = []
     with ThreadPoolExecutor(8, thread_name_prefix="stac-items") as pool:
         in_flight: deque[Future[Any]] = deque()
@@ -97,7 +98,8 @@ def publish_in_place_catalog(
             if item.bbox:
                 bboxes.append(tuple(item.bbox))  # type: ignore[arg-type]
             if item.datetime is not None:
-                times.append(item.datetime)
+                first = item.datetime if first is None else min(first, item.datetime)
+                last = item.datetime if last is None else max(last, item.datetime)
             item_hrefs.append(f"./{item.id}/{item.id}.json")
         for upload in in_flight:
             upload.result()
@@ -109,7 +111,7 @@ def publish_in_place_catalog(
         description=f"GeoTIFFs catalogued in place under {source}, made by geoetl.",
         title=collection_id,
         license="other",
-        extent=pystac.Extent(pystac.SpatialExtent([list(bbox)]), pystac.TemporalExtent([[min(times), max(times)]])),
+        extent=pystac.Extent(pystac.SpatialExtent([list(bbox)]), pystac.TemporalExtent([[first, last]])),
     )
     collection.clear_links()
     collection.add_link(_link_to(pystac.RelType.ROOT, "./collection.json", pystac.MediaType.JSON, collection_id))
