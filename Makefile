@@ -10,14 +10,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.geoetl-requirements.stamp
+NODE_RUNTIME := devstack/node
+NODE_RUNTIME_STAMP := $(NODE_RUNTIME)/node_modules/.geoetl-package-lock.stamp
 NODE_STAMP := node_modules/.geoetl-package-lock.stamp
+# Installs what the machine lacks (apt-get, as root) and keeps .venv healthy; standard library only.
+BOOTSTRAP := $(PYTHON) devstack/bootstrap.py
 PYTEST_FLAGS ?= --durations=10
 BENCH_ARGS ?=
 
-.PHONY: help deps python-deps node-deps run up down status migrate test lint bench clean distclean
+.PHONY: help deps system-deps venv python-deps node-deps run up down status migrate test lint bench clean distclean
 
 help:
-	@echo "make deps     install .venv (requirements-dev.txt) and node_modules (Azurite) when missing or changed"
+	@echo "make deps     install what is missing: system packages (apt-get, as root), .venv, Node.js runtime + Azurite"
 	@echo "make run      bring the local stack up, run the demo job, print it, stop what it started"
 	@echo "make up       start Postgres (if none), Azurite and the local Functions host on :7071 (detached)"
 	@echo "make down     stop what 'make up' started"
@@ -28,22 +32,37 @@ help:
 	@echo "make bench    throughput benchmark (bench/throughput.py)"
 	@echo "make clean    stop the stack, remove .stack/ and caches; 'make distclean' also removes .venv and node_modules"
 
-deps: python-deps node-deps
+deps: system-deps python-deps node-deps
+
+# Debian/Ubuntu packages behind: .venv (python3-venv), npm, the PostgreSQL server binaries. A remote
+# POSTGRES_HOST needs no local server.
+system-deps:
+	@$(BOOTSTRAP) system python-venv npm $(if $(filter-out 127.0.0.1 localhost ::1,$(POSTGRES_HOST)),,postgres)
+
+# A missing, half-made or foreign .venv is (re)made; the requirements stamp lives inside it.
+venv:
+	@$(BOOTSTRAP) system python-venv
+	@$(BOOTSTRAP) venv $(VENV)
 
 python-deps: $(PY_STAMP)
 
 node-deps: $(NODE_STAMP)
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
-
-$(PY_STAMP): requirements.txt requirements-dev.txt | $(PY)
+$(PY_STAMP): requirements.txt requirements-dev.txt | venv
 	$(PY) -m pip install --disable-pip-version-check --no-input -q -r requirements-dev.txt
 	@touch $@
 
-# npm ci wipes node_modules first, so the stamp lives inside it and goes away with it.
-$(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund
+# Two steps: the machine's npm installs the pinned Node.js runtime (+ npm) into devstack/node; that
+# runtime then installs Azurite, so Azurite's engine requirement (Node >= 22) is met and checked.
+# npm ci wipes node_modules first, so each stamp lives inside its node_modules and goes away with it.
+$(NODE_RUNTIME_STAMP): $(NODE_RUNTIME)/package.json $(NODE_RUNTIME)/package-lock.json
+	@$(BOOTSTRAP) system npm
+	@echo "geoetl: installing the pinned Node.js runtime into $(NODE_RUNTIME) (Azurite needs Node.js >= 22)"
+	cd $(NODE_RUNTIME) && npm ci --no-audit --no-fund
+	@touch $@
+
+$(NODE_STAMP): package.json package-lock.json $(NODE_RUNTIME_STAMP)
+	@$(BOOTSTRAP) npm-ci
 	@touch $@
 
 run: deps
@@ -79,14 +98,12 @@ lint: python-deps
 bench: deps
 	$(PY) -m bench.throughput $(BENCH_ARGS)
 
-# Stop the stack (and any test Postgres left in .stack/) before deleting its data directories.
+# Stop the stack and every project-local Postgres (data relocated out of the checkout included) before
+# deleting .stack/.
 clean:
-	@if [ -x $(PY) ]; then \
-		$(PY) -m devstack down; \
-		$(PY) -c 'import pathlib, devstack.postgres as pg; [pg.stop_local_server(p.parent) for p in pathlib.Path(".stack").glob("*/postmaster.pid")]'; \
-	fi
+	@if [ -x $(PY) ]; then $(PY) -m devstack clean; fi
 	rm -rf .stack .pytest_cache .mypy_cache .ruff_cache bench/out
-	find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -print0 | xargs -0 -r rm -rf
+	find . -path ./.venv -prune -o -path '*/node_modules' -prune -o -name __pycache__ -type d -print0 | xargs -0 -r rm -rf
 
 distclean: clean
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) node_modules $(NODE_RUNTIME)/node_modules

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,7 @@ from bench.measure import (  # re-exported: benchmarks import these from bench.c
     write_report,
 )
 from devstack.azurite import AzuriteProcess, free_port, start_azurite
-from devstack.postgres import (
-    PostgresServer,
-    drop_database,
-    ensure_database,
-    is_reachable,
-    server_from_environment,
-    start_local_server,
-    stop_local_server,
-)
+from devstack.postgres import PostgresServer, drop_database, ensure_database, usable_server
 from devstack.stack_state import pid_alive
 from repositories.migrator import apply_migrations
 
@@ -96,7 +88,7 @@ class Stack:
     postgres: PostgresServer | None = None
     database: str | None = None
     azurite: AzuriteProcess | None = None
-    local_pg_datadir: Path | None = None  # set when we started our own Postgres server
+    postgres_scope: ExitStack = field(default_factory=ExitStack)  # stops our own Postgres server, if any
     azurite_in_memory: bool = True
     azurite_starts: int = 0
     job_queue: str = "geospatial-jobs"
@@ -150,17 +142,6 @@ def example_settings() -> dict[str, str]:
     return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
 
 
-def _postgres_server(work_dir: Path) -> tuple[PostgresServer, Path | None]:
-    server = server_from_environment(os.environ)
-    if is_reachable(server):
-        return server, None
-    log(f"no Postgres at {server.host}:{server.port}; starting a local server")
-    local = PostgresServer(host="127.0.0.1", port=free_port(), user="postgres", password="")
-    datadir = work_dir / "pg-data"
-    start_local_server(local, datadir, work_dir / "pg.log")
-    return local, datadir
-
-
 def _start_azurite(stack: Stack) -> None:
     stack.azurite_starts += 1
     location = stack.work_dir / f"azurite-{stack.azurite_starts}"
@@ -204,7 +185,7 @@ def start_stack(
     stack = Stack(work_dir=work_dir, schema=schema, azurite_in_memory=azurite_in_memory)
     try:
         _start_azurite(stack)
-        stack.postgres, stack.local_pg_datadir = _postgres_server(work_dir)
+        stack.postgres = stack.postgres_scope.enter_context(usable_server(os.environ, work_dir, "pg", say=log))
         stack.database = f"{db_prefix}_{os.getpid()}"
         drop_database(stack.postgres, stack.database)  # a leftover of a killed run with the same pid
         ensure_database(stack.postgres, stack.database)
@@ -229,9 +210,7 @@ def stop_stack(stack: Stack) -> None:
             log(f"could not drop database {stack.database}: {exc}")
         stack.database = None
     _stop_azurite(stack)
-    if stack.local_pg_datadir is not None:
-        stop_local_server(stack.local_pg_datadir)
-        stack.local_pg_datadir = None
+    stack.postgres_scope.close()
 
 
 @contextmanager

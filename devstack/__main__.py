@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="up, run the demo job, print it, and stop what this started")
     run.add_argument("--timeout", type=float, default=RUN_TIMEOUT_SECONDS, help="seconds to wait for the job")
     commands.add_parser("migrate", help="apply database migrations")
+    commands.add_parser("clean", help="down, then stop and delete every project-local Postgres in .stack/")
     return parser
 
 
@@ -238,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(status_lines(paths, environ)))
         elif args.command == "run":
             return command_run(paths, environ, args.timeout)
+        elif args.command == "clean":
+            removed = ", ".join(paths.show(p) for p in stack.clean(paths))
+            print(f"Removed Postgres data: {removed}" if removed else "No Postgres data to remove")
         elif args.command == "migrate":
             applied = stack.migrate(paths, environ)
             print(f"migrations applied: {len(applied)} {applied if applied else '(schema up to date)'}")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from devstack.bootstrap import node_executable
 
 ACCOUNT_NAME = "devstoreaccount1"
 # Azurite's well-known development account key (public, documented by Microsoft).
@@ -19,7 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class AzuriteNotInstalledError(RuntimeError):
-    """Raised when node_modules/.bin/azurite is missing (run ``npm ci``)."""
+    """Raised when Azurite or a Node.js it runs on is missing (run ``make deps``)."""
 
 
 def connection_string(blob_port: int = 10000, queue_port: int = 10001, table_port: int = 10002) -> str:
@@ -44,14 +45,16 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def azurite_binary() -> Path:
-    binary = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
-    if binary.exists():
-        return binary
-    found = shutil.which("azurite")
-    if found:
-        return Path(found)
-    raise AzuriteNotInstalledError(f"{binary} not found: run `npm ci` in {PROJECT_ROOT}")
+def azurite_command() -> list[str]:
+    """Azurite's entry script run by the pinned Node.js runtime (devstack/node; see devstack.bootstrap)."""
+    script = PROJECT_ROOT / "node_modules" / "azurite" / "dist" / "src" / "azurite.js"
+    if not script.exists():
+        raise AzuriteNotInstalledError(f"{script} not found: run `make deps` in {PROJECT_ROOT}")
+    try:
+        node = node_executable()
+    except RuntimeError as error:
+        raise AzuriteNotInstalledError(str(error)) from error
+    return [str(node), str(script)]
 
 
 @dataclass
@@ -92,7 +95,7 @@ def start_azurite(
     table_port = table_port or free_port()
     location.mkdir(parents=True, exist_ok=True)
     args = [
-        str(azurite_binary()),
+        *azurite_command(),
         "--silent",
         "--disableTelemetry",
         "--skipApiVersionCheck",

@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from devstack.azurite import free_port, port_open, start_azurite
-from devstack.postgres import PostgresServer, ensure_database, is_reachable, start_local_server, stop_local_server
+from devstack.postgres import (
+    PostgresServer,
+    ServerStatus,
+    ensure_database,
+    is_reachable,
+    probe,
+    remove_local_server,
+    start_local_server,
+    stop_local_server,
+)
 from devstack.stack_state import (
     COMPONENTS,
     ComponentState,
@@ -168,19 +177,23 @@ def ensure_postgres(paths: StackPaths, config: StackConfig, state: StackState) -
     server = config.postgres
     started = False
     ours = postmaster(paths.pgdata)
-    if ours and is_reachable(server):
+    status, reason = probe(server)
+    if ours and status is ServerStatus.USABLE:
         state.components["postgres"] = ComponentState(True, ours[0], ours[1])
-    elif is_reachable(server):
+    elif status is ServerStatus.USABLE:
         state.components["postgres"] = ComponentState(False, None, server.port)
     elif server.host not in LOCAL_ADDRESSES:
-        raise StackError(f"Postgres at {server.host}:{server.port} is not reachable (POSTGRES_HOST is not local)")
+        problem = reason or "not reachable"
+        raise StackError(f"Postgres at {server.address} is not usable ({problem}); POSTGRES_HOST is not local")
     else:
         where = f"{paths.show(paths.pgdata)} (log {paths.show(paths.postgres_log)})"
-        print(f"Postgres: none reachable at {server.host}:{server.port}; starting a local one in {where}")
-        if port_open(server.port, server.host):
+        if status is ServerStatus.REFUSED or port_open(server.port, server.host):
+            taken_by = f"a Postgres that refused us ({reason})" if status is ServerStatus.REFUSED else "not Postgres"
             port = FALLBACK_POSTGRES_PORT if not port_open(FALLBACK_POSTGRES_PORT, server.host) else free_port()
-            print(f"Postgres: port {server.port} is taken by something that is not Postgres; using port {port}")
+            print(f"Postgres: {server.address} is {taken_by}; starting the project's own on port {port} in {where}")
             server = dataclasses.replace(server, port=port)
+        else:
+            print(f"Postgres: none reachable at {server.address}; starting the project's own in {where}")
         start_local_server(server, paths.pgdata, paths.postgres_log)
         running = postmaster(paths.pgdata)
         state.components["postgres"] = ComponentState(True, running[0] if running else None, server.port)
@@ -331,6 +344,18 @@ def down(paths: StackPaths, only: list[str] | None = None) -> list[str]:
         save_state(paths.state_file, state)
     print(f"Stopped: {', '.join(stopped)}" if stopped else "Nothing started by devstack was running")
     return stopped
+
+
+def clean(paths: StackPaths) -> list[Path]:
+    """Stop the stack, then stop and delete every project-local Postgres under .stack/ (the stack's and any
+    test server), relocated copies included. Returns the data directories removed."""
+    down(paths)
+    removed = []
+    for candidate in sorted(paths.stack_dir.glob("*")) if paths.stack_dir.is_dir() else []:
+        if candidate.suffix != ".log" and (candidate / "PG_VERSION").exists():
+            remove_local_server(candidate)
+            removed.append(candidate)
+    return removed
 
 
 def migrate(paths: StackPaths, environ: Mapping[str, str]) -> list[str]:

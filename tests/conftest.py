@@ -1,26 +1,31 @@
-"""Shared fixtures: a real Azurite and a real Postgres database for integration tests."""
+"""Shared fixtures: a real Azurite and a real Postgres database for integration tests.
+
+Postgres: the server POSTGRES_HOST/PORT/USER/PASSWORD name (default 127.0.0.1:5432, user postgres)
+when it lets us in; otherwise the project's own, started for this run in .stack/pg-test-<pid> and
+stopped and deleted at its end. Every test reaches the server through the ``postgres_database``
+fixture, so all of them use the one chosen here.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devstack.azurite import AzuriteProcess, free_port, start_azurite
-from devstack.postgres import (
-    PostgresServer,
-    drop_database,
-    ensure_database,
-    is_reachable,
-    server_from_environment,
-    start_local_server,
-)
+from devstack.azurite import AzuriteProcess, start_azurite
+from devstack.postgres import PostgresDatabase, PostgresServer, drop_database, ensure_database, usable_server
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = PROJECT_ROOT / ".stack"
+
+
+def _announce(line: str) -> None:
+    """One line on the terminal, past pytest's capture (the fixture runs inside it)."""
+    print(f"\n{line}", file=sys.__stderr__, flush=True)
 
 
 @pytest.fixture(scope="session")
@@ -42,22 +47,18 @@ def azurite_connection_string(azurite: AzuriteProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> PostgresServer:
-    """The machine's Postgres (POSTGRES_HOST/PORT, default 127.0.0.1:5432) or a project-local one."""
-    server = server_from_environment(os.environ)
-    if is_reachable(server):
-        return server
-    local = PostgresServer(host="127.0.0.1", port=free_port(), user="postgres", password="")
-    start_local_server(local, STACK_DIR / "pg-test", STACK_DIR / "pg-test.log")
-    return local
+def postgres_server() -> Iterator[PostgresServer]:
+    """The machine's Postgres when it lets us in, else the project's own for this run (see the module doc)."""
+    with usable_server(os.environ, STACK_DIR, "pg-test", say=_announce) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
-def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database for this test session; dropped afterwards. Yields its name."""
-    name = f"geoetl_test_{os.getpid()}_{secrets.token_hex(3)}"
-    ensure_database(postgres_server, name)
+def postgres_database(postgres_server: PostgresServer) -> Iterator[PostgresDatabase]:
+    """A fresh, empty database for this test session on the chosen server; dropped afterwards."""
+    database = PostgresDatabase(postgres_server, f"geoetl_test_{os.getpid()}_{secrets.token_hex(3)}")
+    ensure_database(postgres_server, database.name)
     try:
-        yield name
+        yield database
     finally:
-        drop_database(postgres_server, name)
+        drop_database(postgres_server, database.name)

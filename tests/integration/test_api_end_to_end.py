@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.postgres import PostgresDatabase
 from schemas.settings import Settings
 from tests.support.engine import make_settings, sql
 from tests.support.host import RunningHost, start_host
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def api_settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def api_settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database, max_request_bytes=4096)
 
 

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from devstack.postgres import PostgresDatabase
 from tests.support.engine import make_settings, sql
 from tests.support.host import start_host
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_killing_workers_mid_job_loses_and_duplicates_nothing(
-    azurite_connection_string: str, postgres_database: str, tmp_path
+    azurite_connection_string: str, postgres_database: PostgresDatabase, tmp_path
 ) -> None:
     settings = make_settings(
         azurite_connection_string,

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
 from controllers.registry import JobTypeRegistry
+from devstack.postgres import PostgresDatabase
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database)
 
 

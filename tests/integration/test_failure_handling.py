@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
 from controllers.registry import JobTypeRegistry
+from devstack.postgres import PostgresDatabase
 from schemas.errors import ConflictError, InstanceBusyError, InvalidRequestError
 from schemas.messages import JobAction, JobMessage, TaskMessage
 from schemas.settings import Settings
@@ -74,7 +75,7 @@ class BusyJob(JobController[FlakyParams]):
 
 
 @pytest.fixture
-def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database, task_max_attempts=2)
 
 

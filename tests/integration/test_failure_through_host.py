@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from devstack.postgres import PostgresDatabase
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def host_settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def host_settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(
         azurite_connection_string,
         postgres_database,

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from devstack.postgres import PostgresDatabase
 from repositories.database import Database
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(
         azurite_connection_string,
         postgres_database,

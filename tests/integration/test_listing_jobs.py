@@ -23,6 +23,7 @@ from rio_cogeo.cogeo import cog_validate
 from controllers.base import TaskContext
 from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
 from controllers.registry import JobTypeRegistry
+from devstack.postgres import PostgresDatabase
 from repositories.blob_storage import BlobStorage
 from schemas.errors import StorageUnavailableError
 from schemas.settings import Settings
@@ -30,7 +31,7 @@ from services.container import ServiceContainer
 from services.inventory.chunks import ChunkStore
 from tests.support import rasters
 from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql
-from tests.support.stac_schemas import requires_stac_schemas, stac_errors
+from tests.support.stac_schemas import stac_errors
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ class Uploaded:
 
 
 @pytest.fixture(scope="module")
-def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database)
 
 
@@ -210,7 +211,6 @@ def catalog(container: ServiceContainer, uploaded: tuple[str, dict[str, Uploaded
     return run_job(container, params, "catalog_container")
 
 
-@requires_stac_schemas
 def test_catalog_has_one_valid_item_per_readable_raster(
     catalog: dict[str, Any], uploaded: tuple[str, dict[str, Uploaded]], storage: BlobStorage
 ) -> None:

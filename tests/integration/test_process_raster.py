@@ -19,6 +19,7 @@ from rasterio.env import get_gdal_config
 from rio_cogeo.cogeo import cog_validate
 
 from controllers.process_raster import ProcessRasterController
+from devstack.postgres import PostgresDatabase
 from devstack.sample_raster import upload_demo_raster
 from repositories.blob_storage import BlobStorage
 from schemas.errors import InstanceBusyError, InvalidRequestError
@@ -30,7 +31,7 @@ from services.raster.pipeline import BlobRef, convert_tile
 from services.raster.tiling import MIB, TaskMemoryModel, TileWindow
 from tests.support import rasters
 from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql
-from tests.support.stac_schemas import requires_stac_schemas, stac_errors
+from tests.support.stac_schemas import stac_errors
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ GOOD_SOURCES: dict[str, Callable[[Path], Path]] = {
 
 
 @pytest.fixture(scope="module")
-def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(
         azurite_connection_string,
         postgres_database,
@@ -163,7 +164,6 @@ def test_a_large_source_is_tiled_with_a_mosaic_vrt(
     assert status["progress"]["stages"][2]["task_count"] == 4
 
 
-@requires_stac_schemas
 @pytest.mark.parametrize("name", ["uint8_rgb", "float32_nodata_nan", "paletted", "antimeridian", "large_for_tiling"])
 def test_stac_catalog_is_valid_self_contained_and_points_at_the_cogs(
     name: str, converted: dict[str, tuple[Path, dict[str, Any]]], storage: BlobStorage, run_id: str

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from devstack.postgres import PostgresServer
+from devstack.postgres import PostgresDatabase
 from repositories.migrator import apply_migrations, discover_migrations
 from repositories.sql_catalog import declared_schema
 
@@ -45,8 +45,8 @@ def describe(conn: psycopg.Connection[Any], schema: str) -> dict[str, list[tuple
     return {name: conn.execute(q, {"schema": schema}).fetchall() for name, q in CATALOG_QUERIES.items()}
 
 
-def test_migrated_schema_equals_declared_schema(postgres_server: PostgresServer, postgres_database: str) -> None:
-    conninfo = postgres_server.conninfo(postgres_database)
+def test_migrated_schema_equals_declared_schema(postgres_database: PostgresDatabase) -> None:
+    conninfo = postgres_database.conninfo
     migrated, declared = f"m_{secrets.token_hex(4)}", f"d_{secrets.token_hex(4)}"
     assert apply_migrations(conninfo, migrated) == [f"{m.version:04d}_{m.name}" for m in discover_migrations()]
     assert apply_migrations(conninfo, migrated) == [], "a second run applies nothing"

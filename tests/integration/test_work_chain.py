@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.registry import JobTypeRegistry
+from devstack.postgres import PostgresDatabase
 from schemas.messages import JobMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
@@ -57,7 +58,7 @@ def make(settings: Settings) -> ServiceContainer:
 
 
 @pytest.fixture
-def settings(azurite_connection_string: str, postgres_database: str) -> Settings:
+def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database, janitor_lease_grace_seconds=0)
 
 
@@ -121,7 +122,7 @@ def test_one_job_message_runs_every_stage_and_the_queued_copies_change_nothing(
     assert container.job_service.job_status(job_id)["status"] == "completed"
 
 
-def test_a_zero_budget_turns_the_chain_off(azurite_connection_string: str, postgres_database: str) -> None:
+def test_a_zero_budget_turns_the_chain_off(azurite_connection_string: str, postgres_database: PostgresDatabase) -> None:
     settings = make_settings(azurite_connection_string, postgres_database, inline_chain_seconds=0)
     container = make(settings)
     try:

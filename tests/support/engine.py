@@ -23,6 +23,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage
 
 from controllers.registry import JobTypeRegistry
+from devstack.postgres import PostgresDatabase
 from repositories.migrator import apply_migrations
 from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import JobStatus
@@ -31,11 +32,15 @@ from schemas.settings import Settings
 from services.container import ServiceContainer
 
 
-def make_settings(connection_string: str, database: str, **overrides: Any) -> Settings:
-    """Settings for a fresh schema in the test database; migrations applied."""
+def make_settings(connection_string: str, database: PostgresDatabase, **overrides: Any) -> Settings:
+    """Settings for a fresh schema in the test database (on the server the fixture chose); migrations applied."""
     values: dict[str, Any] = {
         "AzureWebJobsStorage": connection_string,
-        "postgres_db": database,
+        "postgres_host": database.server.host,
+        "postgres_port": database.server.port,
+        "postgres_user": database.server.user,
+        "postgres_password": database.server.password,
+        "postgres_db": database.name,
         "postgres_schema": f"t_{secrets.token_hex(4)}",
         "job_queue": f"jobs-{secrets.token_hex(4)}",
         "task_queue": f"tasks-{secrets.token_hex(4)}",

@@ -12,7 +12,7 @@ import rasterio
 from services.raster.inspect import RasterMetadata, inspect_dataset
 from services.stac.builder import AssetFile, build_collection, build_item, file_checksum, write_self_contained
 from tests.support import rasters
-from tests.support.stac_schemas import requires_stac_schemas, stac_errors
+from tests.support.stac_schemas import stac_errors
 
 WHEN = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
@@ -53,7 +53,6 @@ def test_a_crs_without_an_epsg_code_is_given_as_wkt2(tmp_path: Path) -> None:
     assert "TRANSVERSE" in item.properties["proj:wkt2"].upper()
 
 
-@requires_stac_schemas
 def test_self_contained_catalog_is_valid_stac_with_relative_links(tmp_path: Path) -> None:
     root = tmp_path / "container"
     items = []
