@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.error
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 
 from devstack import stack
+from devstack.azurite import azurite_command
 from devstack.stack import StackConfig, StackPaths
 
 TERMINAL_STATUSES = frozenset({"completed", "completed_with_errors", "failed", "cancelled"})
@@ -223,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="up, run the demo job, print it, and stop what this started")
     run.add_argument("--timeout", type=float, default=RUN_TIMEOUT_SECONDS, help="seconds to wait for the job")
     commands.add_parser("migrate", help="apply database migrations")
+    commands.add_parser("azurite", help="run Azurite alone in the foreground on 10000-10002 (for `func start`)")
     commands.add_parser("clean", help="down, then stop and delete every project-local Postgres in .stack/")
     return parser
 
@@ -239,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(status_lines(paths, environ)))
         elif args.command == "run":
             return command_run(paths, environ, args.timeout)
+        elif args.command == "azurite":
+            location = paths.azurite_dir
+            location.mkdir(parents=True, exist_ok=True)
+            command = [*azurite_command(), "--disableTelemetry", "--skipApiVersionCheck", "--location", str(location)]
+            return subprocess.run(command, check=False).returncode
         elif args.command == "clean":
             removed = ", ".join(paths.show(p) for p in stack.clean(paths))
             print(f"Removed Postgres data: {removed}" if removed else "No Postgres data to remove")

@@ -169,9 +169,10 @@ def node_major(node: str | Path) -> int | None:
 
 def node_executable() -> Path:
     """The Node.js that runs Azurite: the pinned runtime in devstack/node, else a system node >= 22."""
-    pinned = NODE_RUNTIME_DIR / "node_modules" / ".bin" / "node"
-    if pinned.exists() and (node_major(pinned) or 0) >= MIN_NODE_MAJOR:
-        return pinned
+    # The package's own path: some npm versions (Debian 12's npm 9) install it but link no .bin/node.
+    for pinned in sorted(NODE_RUNTIME_DIR.glob("node_modules/node-*-*/bin/node")):
+        if (node_major(pinned) or 0) >= MIN_NODE_MAJOR:
+            return pinned
     system = shutil.which("node")
     if system and (node_major(system) or 0) >= MIN_NODE_MAJOR:
         return Path(system)
