@@ -28,6 +28,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NODE_RUNTIME_DIR = PROJECT_ROOT / "devstack" / "node"
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian/Ubuntu's ca-certificates
 MIN_NODE_MAJOR = 22  # azurite's "engines": {"node": ">=22.0.0"}
 
 
@@ -193,6 +194,10 @@ def npm_ci_with_runtime() -> int:
     npm_cli = NODE_RUNTIME_DIR / "node_modules" / "npm" / "bin" / "npm-cli.js"
     command = [str(node), str(npm_cli)] if npm_cli.exists() else ["npm"]
     env = {**os.environ, "PATH": f"{node.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # Node's own build trusts only its bundled CAs; a registry reached through a proxy with a local CA
+    # (trusted by the system, and so by the system's npm) needs the system bundle too.
+    if SYSTEM_CA_BUNDLE.exists() and "NODE_EXTRA_CA_CERTS" not in env:
+        env["NODE_EXTRA_CA_CERTS"] = str(SYSTEM_CA_BUNDLE)
     say(f"installing Azurite from package-lock.json with Node.js {node_major(node)} ({node})")
     result = subprocess.run([*command, "ci", "--no-audit", "--no-fund"], cwd=PROJECT_ROOT, env=env, check=False)
     return result.returncode
