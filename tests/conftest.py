@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +20,6 @@ from devstack.postgres import PostgresDatabase, PostgresServer, drop_database, e
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STACK_DIR = PROJECT_ROOT / ".stack"
-
-
-def _announce(line: str) -> None:
-    """One line on the terminal, past pytest's capture (the fixture runs inside it)."""
-    print(f"\n{line}", file=sys.__stderr__, flush=True)
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +41,17 @@ def azurite_connection_string(azurite: AzuriteProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
     """The machine's Postgres when it lets us in, else the project's own for this run (see the module doc)."""
-    with usable_server(os.environ, STACK_DIR, "pg-test", say=_announce) as server:
+    plugins = pytestconfig.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+
+    def announce(line: str) -> None:  # on the terminal, past pytest's output capture
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"\n{line}")
+
+    with usable_server(os.environ, STACK_DIR, "pg-test", say=announce) as server:
         yield server
 
 
