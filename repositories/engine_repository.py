@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
@@ -187,26 +188,44 @@ class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
     def describe_task_state(self, task_id: str) -> dict[str, Any] | None:
         return self._one("describe_task_state", {"task_id": task_id})
 
-    def renew_task_leases(self, task_ids: Sequence[str], lease_seconds: int) -> int:
-        return self._run("renew_task_leases", {"task_ids": list(task_ids), "lease_seconds": lease_seconds})
+    def renew_task_leases(self, claims: Sequence[tuple[str, UUID]], lease_seconds: int) -> int:
+        """Extend the leases still held under these (task_id, claim_token) claims; returns how many."""
+        params = {
+            "task_ids": [task_id for task_id, _ in claims],
+            "claim_tokens": [token for _, token in claims],
+            "lease_seconds": lease_seconds,
+        }
+        return self._run("renew_task_leases", params)
 
-    def release_task_for_retry(self, task_id: str, error: str, category: str) -> bool:
-        params = {"task_id": task_id, "error": error, "error_category": category}
+    def release_task_for_retry(self, task_id: str, claim_token: UUID, error: str, category: str) -> bool:
+        """Queue the task again; False when the claim was lost (lease lapsed and taken over) or it finished."""
+        params = {"task_id": task_id, "claim_token": claim_token, "error": error, "error_category": category}
         return self._one("release_task_for_retry", params) is not None
 
-    def hand_back_task(self, task_id: str) -> bool:
-        return self._one("hand_back_task", {"task_id": task_id}) is not None
+    def hand_back_task(self, task_id: str, claim_token: UUID) -> bool:
+        return self._one("hand_back_task", {"task_id": task_id, "claim_token": claim_token}) is not None
 
     def set_task_error_category(self, task_id: str, category: str) -> None:
         self._conn.execute(query("set_task_error_category"), {"task_id": task_id, "error_category": category})
 
     def finish_task(
-        self, task_id: str, status: TaskStatus, result: dict[str, Any] | None, error: str | None
+        self,
+        task_id: str,
+        status: TaskStatus,
+        result: dict[str, Any] | None,
+        error: str | None,
+        claim_token: UUID | None = None,
     ) -> StageCounters | None:
-        """Fan-in step (SQL function finish_task). None when the task id is unknown."""
-        row = self._one(
-            "finish_task", {"task_id": task_id, "status": str(status), "result": _json(result), "error": error}
-        )
+        """Fan-in step (SQL function finish_task). None when the task id is unknown. With a claim token
+        the task changes only while still held under that claim (``changed`` is False otherwise)."""
+        params = {
+            "task_id": task_id,
+            "status": str(status),
+            "result": _json(result),
+            "error": error,
+            "claim_token": claim_token,
+        }
+        row = self._one("finish_task", params)
         if row is None or row["job_id"] is None:
             return None
         return StageCounters(**row)

@@ -9,8 +9,8 @@ from schemas.jobs import OutboxMessage
 
 
 class MaintenanceQueries(NamedQueries):
-    def stale_outbox(self, older_than_seconds: float, limit: int) -> list[OutboxMessage]:
-        rows = self._all("stale_outbox", {"older_than_seconds": older_than_seconds, "limit": limit})
+    def take_stale_outbox(self, older_than_seconds: float, limit: int) -> list[OutboxMessage]:
+        rows = self._all("take_stale_outbox", {"older_than_seconds": older_than_seconds, "limit": limit})
         return [OutboxMessage(**r) for r in rows]
 
     def expired_leases(self, grace_seconds: float, limit: int) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from uuid import UUID
 
 
 class JobStatus(StrEnum):
@@ -104,6 +105,7 @@ class TaskRecord:
     started_at: datetime | None
     completed_at: datetime | None
     error_category: str | None = None
+    claim_token: UUID | None = None  # of the claim holding it while processing (fencing)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> TaskRecord:

@@ -73,18 +73,21 @@ class Janitor:
         return report
 
     def republish_outbox(self) -> int:
-        """Send outbox rows whose publisher died between commit and send."""
+        """Send outbox rows whose publisher died between commit and send. The rows are taken in one
+        short statement and sent outside any transaction (no locks held across the sends); a row whose
+        send fails is taken again after the grace period."""
         with self._db.transaction() as repo:
-            stale = repo.stale_outbox(self._options.outbox_grace_seconds, BATCH)
-            if not stale:
-                return 0
-            now = datetime.now(UTC)
-            sent = self._publisher.send_many(
-                [OutgoingMessage(m.queue, m.body, max(0.0, (m.visible_at - now).total_seconds())) for m in stale]
-            )
-            ids = [m.message_id for m, ok in zip(stale, sent, strict=True) if ok]
+            stale = repo.take_stale_outbox(self._options.outbox_grace_seconds, BATCH)
+        if not stale:
+            return 0
+        now = datetime.now(UTC)
+        sent = self._publisher.send_many(
+            [OutgoingMessage(m.queue, m.body, max(0.0, (m.visible_at - now).total_seconds())) for m in stale]
+        )
+        ids = [m.message_id for m, ok in zip(stale, sent, strict=True) if ok]
+        with self._db.transaction() as repo:
             repo.delete_outbox(ids)
-            return len(ids)
+        return len(ids)
 
     def recover_expired_leases(self) -> int:
         """Tasks left in processing by a dead instance: re-queue them, or fail them past their attempts."""

@@ -23,8 +23,9 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 from controllers.base import JobController, TaskContext
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
+from repositories.engine_repository import EngineRepository
 from schemas.errors import DatabaseUnavailableError
-from schemas.jobs import ClaimedTask, OutboxMessage, TaskStatus
+from schemas.jobs import ClaimedTask, JobRecord, JobStatus, OutboxMessage, TaskStatus
 from schemas.messages import TaskMessage
 from services.deferral import MessageDeferral
 from services.error_classification import ClassifiedError, ErrorCategory, classify
@@ -108,10 +109,16 @@ class TaskRunner:
         delivery (or the janitor's expired-lease sweep) runs the task again.
         """
         log = job_logger(logger, message.job_id, message.task_id)
-        return self._handle(message, f"inline-{uuid.uuid4().hex}", 1, log)
+        return self._handle(message, f"inline-{uuid.uuid4().hex}", 1, log, inline=True)
 
     def _handle(
-        self, message: TaskMessage, origin: str, delivery: int, log: logging.LoggerAdapter[logging.Logger]
+        self,
+        message: TaskMessage,
+        origin: str,
+        delivery: int,
+        log: logging.LoggerAdapter[logging.Logger],
+        *,
+        inline: bool = False,
     ) -> list[OutboxMessage]:
         with self._db.statements() as repo:
             claimed = repo.claim_task(message.task_id, self._options.lease_seconds, origin, delivery)
@@ -128,9 +135,28 @@ class TaskRunner:
                 )
             return []
         log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, delivery)
-        outbox = self._run_and_record(claimed, log)
+        try:
+            outbox = self._run_and_record(claimed, log)
+        except Exception as exc:
+            if inline:  # its queued copy was dropped as a duplicate: give the task back, with a new message
+                self._abandon_inline_claim(claimed, exc, log)
+            raise
         self._relay.publish(outbox)
         return outbox
+
+    def _abandon_inline_claim(
+        self, claimed: ClaimedTask, exc: Exception, log: logging.LoggerAdapter[logging.Logger]
+    ) -> None:
+        """An inline run that could not record its outcome releases its claim at once, instead of
+        stranding the task for the whole lease; if even that fails, the lease's expiry recovers it."""
+        error = ClassifiedError(ErrorCategory.TRANSIENT, f"the inline run stopped: {type(exc).__name__}: {exc}")
+        try:
+            outbox = self._release_for_retry(claimed, error, 0.0)
+        except Exception:
+            log.warning("could not release the claim of a failed inline run; its lease will expire", exc_info=True)
+            return
+        log.warning("inline run failed; claim released and the task queued again")
+        self._relay.publish(outbox)
 
     def retry_policy(self, controller: JobController[Any] | None) -> RetryPolicy:
         return (controller.retry_policy if controller else None) or self._options.default_retry
@@ -156,7 +182,7 @@ class TaskRunner:
             logger=log,
         )
         try:
-            with self._leases.kept(task.task_id):
+            with self._leases.kept(task.task_id, task.claim_token):
                 result = controller.stage(task.stage).handler(context)
         except Exception as exc:
             return self._after_failure(claimed, classify(exc), self.retry_policy(controller), params, log)
@@ -192,17 +218,32 @@ class TaskRunner:
 
     @_record_retry
     def _release_for_retry(self, claimed: ClaimedTask, error: ClassifiedError, delay: float) -> list[OutboxMessage]:
-        task = claimed.task
-        with self._db.transaction() as repo:
-            if not repo.release_task_for_retry(task.task_id, error.message, str(error.category)):
-                return []
-            return queue_task_messages(repo, task.job_id, claimed.priority, [task.task_id], delay_seconds=delay)
+        return self._requeue(claimed, delay, error=error)
 
     @_record_retry
     def _hand_back(self, claimed: ClaimedTask, delay: float) -> list[OutboxMessage]:
-        task = claimed.task
+        return self._requeue(claimed, delay, error=None)
+
+    def _requeue(self, claimed: ClaimedTask, delay: float, *, error: ClassifiedError | None) -> list[OutboxMessage]:
+        """Queue the task again (a retry with ``error``, or a hand-back without), with a delayed message.
+        Only while this delivery still holds the claim, and only while the job is processing: a task of
+        a job that failed or was cancelled meanwhile is skipped, so the terminal job has no open task."""
+        task, token = claimed.task, claimed.task.claim_token
         with self._db.transaction() as repo:
-            if not repo.hand_back_task(task.task_id):
+            job = repo.lock_job(task.job_id)  # lock order: job → task → stage
+            if job is None:
+                return []
+            if job.status is not JobStatus.PROCESSING:
+                reason = f"not retried: the job is {job.status}"
+                return self._record(repo, claimed, job, TaskStatus.SKIPPED, None, reason, None, None)
+            if error is None:
+                requeued = token is not None and repo.hand_back_task(task.task_id, token)
+            else:
+                requeued = token is not None and repo.release_task_for_retry(
+                    task.task_id, token, error.message, str(error.category)
+                )
+            if not requeued:
+                job_logger(logger, task.job_id, task.task_id).warning("claim lost before the retry; nothing changed")
                 return []
             return queue_task_messages(repo, task.job_id, claimed.priority, [task.task_id], delay_seconds=delay)
 
@@ -218,20 +259,40 @@ class TaskRunner:
     ) -> list[OutboxMessage]:
         """Record the outcome and run fan-in. ``params``: the job parameters already validated for
         the handler (None when they were not, e.g. unknown job type or invalid parameters)."""
-        task = claimed.task
         with self._db.transaction() as repo:
-            job = repo.lock_job(task.job_id)  # lock order: job → task → stage
-            counters = repo.finish_task(task.task_id, status, result, error)
-            if job is None or counters is None:
+            job = repo.lock_job(claimed.task.job_id)  # lock order: job → task → stage
+            if job is None:
                 return []
-            if category and counters.changed:
-                repo.set_task_error_category(task.task_id, category)
-            controller = self._registry.get(claimed.job_type)
-            if controller is None:
-                return []
-            if params is None:
-                try:
-                    params = controller.parse_parameters(claimed.job_parameters)
-                except ValueError:
-                    return fail_job(repo, task.job_id, "stored job parameters no longer validate")
-            return after_task_finished(repo, controller, params, counters, job)
+            return self._record(repo, claimed, job, status, result, error, category, params)
+
+    def _record(
+        self,
+        repo: EngineRepository,
+        claimed: ClaimedTask,
+        job: JobRecord,
+        status: TaskStatus,
+        result: dict[str, Any] | None,
+        error: str | None,
+        category: str | None,
+        params: Any,
+    ) -> list[OutboxMessage]:
+        task = claimed.task
+        counters = repo.finish_task(task.task_id, status, result, error, task.claim_token)
+        if counters is None:
+            return []
+        if not counters.changed:
+            job_logger(logger, task.job_id, task.task_id).warning(
+                "outcome %s not recorded: this delivery no longer holds the task's claim", status
+            )
+            return []
+        if category:
+            repo.set_task_error_category(task.task_id, category)
+        controller = self._registry.get(claimed.job_type)
+        if controller is None:
+            return []
+        if params is None:
+            try:
+                params = controller.parse_parameters(claimed.job_parameters)
+            except ValueError:
+                return fail_job(repo, task.job_id, "stored job parameters no longer validate")
+        return after_task_finished(repo, controller, params, counters, job)

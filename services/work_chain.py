@@ -108,6 +108,6 @@ class WorkChain:
             return self._task_runner.run_inline(message)
         except Exception:
             job_logger(logger, message.job_id, message.task_id).warning(
-                "inline run of a released task failed; its queued message will run it", exc_info=True
+                "inline run of a released task failed; the task is queued again (or its lease expires)", exc_info=True
             )
             return []

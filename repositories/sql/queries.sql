@@ -98,7 +98,8 @@ WITH claimed AS (
     UPDATE tasks AS t
        SET status = 'processing', attempts = t.attempts + 1, started_at = now(), updated_at = now(),
            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-           claimed_by_message = %(message_id)s, claimed_dequeue_count = %(dequeue_count)s
+           claimed_by_message = %(message_id)s, claimed_dequeue_count = %(dequeue_count)s,
+           claim_token = gen_random_uuid()
       FROM jobs AS j
      WHERE t.task_id = %(task_id)s AND j.job_id = t.job_id AND j.status = 'processing'
        AND (t.status = 'queued'
@@ -123,28 +124,30 @@ SELECT task_key, error FROM tasks
  LIMIT %(limit)s;
 
 -- name: renew_task_leases
-UPDATE tasks SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
- WHERE task_id = ANY(%(task_ids)s) AND status = 'processing';
+-- Only leases still held under the claims named (task_ids[i] with claim_tokens[i]).
+UPDATE tasks AS t SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(task_ids)s::text[], %(claim_tokens)s::uuid[]) AS held (task_id, claim_token)
+ WHERE t.task_id = held.task_id AND t.claim_token = held.claim_token AND t.status = 'processing';
 
 -- name: release_task_for_retry
 UPDATE tasks SET status = 'queued', error = %(error)s, error_category = %(error_category)s,
-       lease_expires_at = NULL, updated_at = now()
- WHERE task_id = %(task_id)s AND status = 'processing'
+       lease_expires_at = NULL, claim_token = NULL, updated_at = now()
+ WHERE task_id = %(task_id)s AND status = 'processing' AND claim_token = %(claim_token)s
 RETURNING attempts;
 
 -- name: hand_back_task
 -- The claimed task never started its work (the instance was busy): queued again, and the attempt
 -- its claim counted is given back.
 UPDATE tasks SET status = 'queued', attempts = greatest(attempts - 1, 0), lease_expires_at = NULL,
-       updated_at = now()
- WHERE task_id = %(task_id)s AND status = 'processing'
+       claim_token = NULL, updated_at = now()
+ WHERE task_id = %(task_id)s AND status = 'processing' AND claim_token = %(claim_token)s
 RETURNING attempts;
 
 -- name: set_task_error_category
 UPDATE tasks SET error_category = %(error_category)s WHERE task_id = %(task_id)s;
 
 -- name: finish_task
-SELECT * FROM finish_task(%(task_id)s, %(status)s, %(result)s, %(error)s);
+SELECT * FROM finish_task(%(task_id)s, %(status)s, %(result)s, %(error)s, %(claim_token)s);
 
 -- name: task_counts_of_job
 SELECT stage, status, count(*)::integer AS n,
@@ -225,7 +228,7 @@ DELETE FROM stages WHERE job_id = %(job_id)s AND stage > %(stage)s;
 -- name: reset_unsuccessful_tasks
 UPDATE tasks
    SET status = 'queued', attempts = 0, error = NULL, error_category = NULL, result = NULL,
-       lease_expires_at = NULL, claimed_by_message = NULL, claimed_dequeue_count = NULL,
+       lease_expires_at = NULL, claimed_by_message = NULL, claimed_dequeue_count = NULL, claim_token = NULL,
        started_at = NULL, completed_at = NULL, updated_at = now()
  WHERE job_id = %(job_id)s AND stage = %(stage)s AND status IN ('failed', 'skipped', 'held', 'queued')
 RETURNING task_id;
@@ -261,12 +264,18 @@ UPDATE jobs
  WHERE job_id = %(job_id)s
 RETURNING *;
 
--- name: stale_outbox
-SELECT message_id, queue, body, visible_at FROM outbox
- WHERE created_at < now() - make_interval(secs => %(older_than_seconds)s)
- ORDER BY message_id
- LIMIT %(limit)s
-   FOR UPDATE SKIP LOCKED;
+-- name: take_stale_outbox
+-- Outbox rows nobody sent within the grace period (their publisher died), taken for a resend:
+-- marked in this one statement, so the janitor sends outside any transaction, and another
+-- janitor leaves them alone for the grace period again.
+UPDATE outbox SET send_attempted_at = now()
+ WHERE message_id IN (
+       SELECT message_id FROM outbox
+        WHERE coalesce(send_attempted_at, created_at) < now() - make_interval(secs => %(older_than_seconds)s)
+        ORDER BY message_id
+        LIMIT %(limit)s
+          FOR UPDATE SKIP LOCKED)
+RETURNING message_id, queue, body, visible_at;
 
 -- name: expired_leases
 SELECT t.task_id, t.job_id, t.attempts, j.job_type
@@ -277,7 +286,7 @@ SELECT t.task_id, t.job_id, t.attempts, j.job_type
 
 -- name: requeue_expired_task
 UPDATE tasks SET status = 'queued', error = %(error)s, error_category = 'transient', lease_expires_at = NULL,
-       updated_at = now()
+       claim_token = NULL, updated_at = now()
  WHERE task_id = %(task_id)s AND status = 'processing'
    AND lease_expires_at < now() - make_interval(secs => %(grace_seconds)s)
 RETURNING task_id;

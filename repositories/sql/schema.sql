@@ -62,6 +62,8 @@ CREATE TABLE tasks (
     started_at           timestamptz,
     completed_at         timestamptz,
     error_category       text        CHECK (error_category IN ('permanent', 'transient', 'throttling')),
+    -- Drawn anew by every claim; every outcome write of the delivery must present it (fencing).
+    claim_token          uuid,
     UNIQUE (job_id, stage, task_key),
     FOREIGN KEY (job_id, stage) REFERENCES stages (job_id, stage) ON DELETE CASCADE,
     -- held: created but not yet released (the job's max_parallel_tasks is reached).
@@ -80,7 +82,9 @@ CREATE TABLE outbox (
     body        jsonb       NOT NULL,
     job_id      text        REFERENCES jobs (job_id) ON DELETE CASCADE,
     visible_at  timestamptz NOT NULL DEFAULT now(),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- When the janitor last took the row to resend it (it sends outside any transaction).
+    send_attempted_at timestamptz
 );
 CREATE INDEX outbox_job_id_idx ON outbox (job_id);
 CREATE INDEX outbox_created_at_idx ON outbox (created_at);
@@ -104,7 +108,10 @@ CREATE INDEX dead_letters_received_at_idx ON dead_letters (received_at);
 -- bumps its stage's counter under the stage row lock. Exactly one call per stage returns
 -- closed_stage = true: the one whose increment made the counters reach task_count.
 -- A duplicate call for a finished task changes nothing and returns changed = false.
-CREATE FUNCTION finish_task(p_task_id text, p_status text, p_result jsonb, p_error text)
+-- With a claim token (a delivery recording its outcome) the task must still be processing under
+-- that very claim: a delivery whose lease lapsed and was taken over changes nothing (fencing).
+-- Without one (janitor, poison reconciliation) any unfinished task is finished.
+CREATE FUNCTION finish_task(p_task_id text, p_status text, p_result jsonb, p_error text, p_claim_token uuid)
 RETURNS TABLE (changed boolean, job_id text, stage integer, task_count integer,
                completed_count integer, failed_count integer, skipped_count integer, closed_stage boolean)
 LANGUAGE plpgsql AS $$
@@ -119,8 +126,10 @@ BEGIN
 
     UPDATE tasks AS t
        SET status = p_status, result = p_result, error = p_error,
-           completed_at = now(), updated_at = now(), lease_expires_at = NULL
-     WHERE t.task_id = p_task_id AND t.status IN ('queued', 'processing')
+           completed_at = now(), updated_at = now(), lease_expires_at = NULL, claim_token = NULL
+     WHERE t.task_id = p_task_id
+       AND CASE WHEN p_claim_token IS NULL THEN t.status IN ('queued', 'processing')
+                ELSE t.status = 'processing' AND t.claim_token = p_claim_token END
     RETURNING t.job_id, t.stage INTO v_job_id, v_stage;
 
     IF NOT FOUND THEN

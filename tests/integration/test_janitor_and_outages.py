@@ -212,10 +212,11 @@ def test_lease_keeper_renews_leases_of_running_tasks_only(container: ServiceCont
     container.orchestrator.create_stage(job_id, 1)
     running, idle = f"{job_id}-s1-item_0000", f"{job_id}-s1-item_0001"
     with container.db.transaction() as repo:
-        assert repo.claim_task(running, 5, "m-run", 1) and repo.claim_task(idle, 5, "m-idle", 1)
+        claimed = repo.claim_task(running, 5, "m-run", 1)
+        assert claimed and repo.claim_task(idle, 5, "m-idle", 1)
     execute(settings, "UPDATE tasks SET lease_expires_at = now() + interval '1 second' WHERE job_id = %s", (job_id,))
     keeper = LeaseKeeper(container.db, lease_seconds=60)
-    with keeper.kept(running):
+    with keeper.kept(running, claimed.task.claim_token):
         assert keeper.renew_now() == 1
     assert keeper.active() == []
     leases = dict(
