@@ -6,10 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
+from pydantic import BaseModel
 
+from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from controllers.hello_world import HelloWorldController
+from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from repositories.database import Database
 from schemas.messages import TaskMessage
@@ -33,9 +38,35 @@ def settings(azurite_connection_string: str, postgres_database: PostgresDatabase
     )
 
 
+KILLS_DONE = threading.Event()
+
+
+class WaitParams(BaseModel):
+    n: int = 40
+
+
+def wait_for_kills(ctx: TaskContext[WaitParams]) -> dict[str, Any]:
+    """Holds every task until the connection killer is done: the work outlasts the kills by construction."""
+    assert KILLS_DONE.wait(60), "the killer never finished"
+    return {"key": ctx.task_key}
+
+
+class OutlastsKills(JobController[WaitParams]):
+    job_type = "outlasts_kills"
+    description = "n tasks that finish only after the test's connection killer is done"
+    parameters_model = WaitParams
+    stages = (StageDefinition("wait", wait_for_kills),)
+
+    def create_tasks(self, stage: int, params: WaitParams, previous_results: StageResults) -> list[TaskSpec]:
+        return [TaskSpec(f"k{i:02d}") for i in range(params.n)]
+
+    def finalize(self, params: WaitParams, outcome: JobOutcome) -> dict[str, Any]:
+        return {"keys": sorted(outcome.results_by_stage["wait"])}
+
+
 @pytest.fixture
 def container(settings: Settings) -> Iterator[ServiceContainer]:
-    c = make_container(settings)
+    c = make_container(settings, JobTypeRegistry([HelloWorldController(), OutlastsKills()]))
     yield c
     c.close()
 
@@ -123,19 +154,23 @@ def test_stages_left_open_are_repaired_and_stalled_jobs_resume(container: Servic
 
 
 def test_a_job_survives_postgres_connections_being_killed(container: ServiceContainer, settings: Settings) -> None:
-    job_id = container.job_service.submit("hello_world", {"n": 40, "message": "outage", "sleep_ms": 10}).job.job_id
+    KILLS_DONE.clear()
+    job_id = container.job_service.submit("outlasts_kills", {"n": 40}).job.job_id
     kills = 0
     stop = threading.Event()
 
     def killer() -> None:
         nonlocal kills
-        while not stop.wait(0.5) and kills < 4:
-            with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
-                conn.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = current_database() AND application_name = 'geoetl' AND pid <> pg_backend_pid()"
-                )
-            kills += 1
+        try:
+            while not stop.wait(0.5) and kills < 4:
+                with psycopg.connect(settings.postgres_conninfo(), autocommit=True) as conn:
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'geoetl' AND pid <> pg_backend_pid()"
+                    )
+                kills += 1
+        finally:
+            KILLS_DONE.set()  # only now may the tasks finish
 
     thread = threading.Thread(target=killer)
     thread.start()
@@ -146,9 +181,9 @@ def test_a_job_survives_postgres_connections_being_killed(container: ServiceCont
     finally:
         stop.set()
         thread.join()
-    assert kills >= 3
+    assert kills == 4
     assert status["status"] == "completed", status
-    assert len(set(status["result"]["replies"])) == 40
+    assert status["result"]["keys"] == [f"k{i:02d}" for i in range(40)]
 
 
 def test_a_message_arriving_while_postgres_is_unreachable_is_deferred(settings: Settings) -> None:
