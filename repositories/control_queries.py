@@ -18,6 +18,10 @@ class ControlQueries(NamedQueries):
         """FOR SHARE: a dependency cannot change status until the dependent job is committed."""
         return self._all("lock_jobs_shared", {"job_ids": list(job_ids)})
 
+    def job_statuses(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Plain read, no lock (see services.job_lifecycle.dependency_state)."""
+        return self._all("job_statuses", {"job_ids": list(job_ids)})
+
     def waiting_dependents(self, job_id: str) -> list[str]:
         return [r["job_id"] for r in self._all("waiting_dependents", {"job_id": job_id})]
 

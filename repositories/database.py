@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import psycopg
@@ -15,20 +16,42 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from repositories.engine_repository import EngineRepository
-from schemas.errors import DatabaseUnavailableError, RepositoryError
+from schemas.errors import DatabaseUnavailableError, RepositoryDataError, RepositoryError, TransactionConflictError
 
-# SQLSTATE classes worth retrying: connection exceptions, serialization failure, deadlock,
-# lock timeout, too many connections, admin shutdown.
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"}
+# SQLSTATEs of an unavailable or overloaded server: lock timeout, too many connections, admin shutdown.
+_UNAVAILABLE_SQLSTATES = {"55P03", "53300", "57P01", "57P02", "57P03"}
+# A transaction that lost a race (serialization failure, deadlock): retry it, but it is no outage.
+_CONFLICT_SQLSTATES = {"40001", "40P01"}
+
+
+# Set while an HTTP request is handled (``request_acquire_timeout``): how long to wait for a pooled
+# connection before answering 503. None elsewhere (queue and timer triggers use the pool timeout).
+_request_acquire_timeout: ContextVar[float | None] = ContextVar("geoetl_db_request_acquire_timeout", default=None)
+
+
+@contextmanager
+def request_acquire_timeout(seconds: float) -> Iterator[None]:
+    """Within the block (an HTTP request), a pooled connection is awaited at most ``seconds``, and the
+    circuit breaker is not consulted: the short wait is the fail-fast, and a request after Postgres
+    is back is served as soon as the pool reconnects instead of after the breaker's reset time."""
+    token = _request_acquire_timeout.set(seconds)
+    try:
+        yield
+    finally:
+        _request_acquire_timeout.reset(token)
 
 
 def translate_driver_error(exc: Exception) -> RepositoryError:
     """Map a psycopg/pool exception to our repository error types."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate in _CONFLICT_SQLSTATES:  # before the class check: psycopg files these under OperationalError
+        return TransactionConflictError(f"transaction conflict ({type(exc).__name__}, SQLSTATE {sqlstate})")
     if isinstance(exc, PoolTimeout | psycopg.OperationalError | psycopg.InterfaceError):
         return DatabaseUnavailableError(f"database unavailable: {exc}")
-    sqlstate = getattr(exc, "sqlstate", None)
-    if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
+    if sqlstate in _UNAVAILABLE_SQLSTATES or sqlstate.startswith("08"):
         return DatabaseUnavailableError(f"database busy ({sqlstate}): {exc}")
+    if sqlstate.startswith("22"):  # the value, not the server: said without the server's raw text
+        return RepositoryDataError(f"the database refused a value ({type(exc).__name__}, SQLSTATE {sqlstate})")
     return RepositoryError(f"database error ({sqlstate}): {exc}")
 
 
@@ -102,8 +125,9 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[EngineRepository]:
         """One transaction: commits on success, rolls back on error. Driver errors are translated;
-        with a circuit breaker, an open circuit raises DatabaseUnavailableError without trying."""
-        if self._breaker is None:
+        with a circuit breaker, an open circuit raises DatabaseUnavailableError without trying
+        (outside HTTP requests, see ``request_acquire_timeout``)."""
+        if self._breaker is None or _request_acquire_timeout.get() is not None:
             with self._translated_transaction() as repo:
                 yield repo
             return
@@ -123,7 +147,9 @@ class Database:
         timeout although live connections were back within a second.
         """
         pool = self.pool
-        deadline = time.monotonic() + self._timeout
+        request_timeout = _request_acquire_timeout.get()
+        timeout = self._timeout if request_timeout is None else min(request_timeout, self._timeout)
+        deadline = time.monotonic() + timeout
         while True:
             conn = pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
             if not server_closed(conn):
@@ -156,7 +182,7 @@ class Database:
     def statements(self) -> Iterator[EngineRepository]:
         """Autocommit: each statement is its own transaction (one round trip instead of three).
         For single guarded statements (claims) and reads that need no common snapshot."""
-        if self._breaker is None:
+        if self._breaker is None or _request_acquire_timeout.get() is not None:
             with self._translated_transaction(autocommit=True) as repo:
                 yield repo
             return

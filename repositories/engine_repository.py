@@ -14,6 +14,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
+from repositories import json_encoding
 from repositories.blob_chunk_queries import BlobChunkQueries
 from repositories.control_queries import ControlQueries
 from repositories.maintenance_queries import MaintenanceQueries
@@ -30,6 +31,8 @@ from schemas.jobs import (
     TaskRecord,
     TaskStatus,
 )
+
+json_encoding.register()  # strict JSON into jsonb (non-finite floats as strings), for every statement
 
 _CLAIM_EXTRA_COLUMNS = ("job_type", "job_parameters", "predecessor_result", "priority")
 

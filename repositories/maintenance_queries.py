@@ -20,8 +20,9 @@ class MaintenanceQueries(NamedQueries):
         params = {"task_id": task_id, "error": error, "grace_seconds": grace_seconds}
         return self._one("requeue_expired_task", params) is not None
 
-    def touch_queued_task(self, task_id: str) -> bool:
-        return self._one("touch_queued_task", {"task_id": task_id}) is not None
+    def touch_forgotten_task(self, task_id: str, older_than_seconds: float) -> bool:
+        params = {"task_id": task_id, "older_than_seconds": older_than_seconds}
+        return self._one("touch_forgotten_task", params) is not None
 
     def forgotten_queued_tasks(self, older_than_seconds: float, limit: int) -> list[dict[str, Any]]:
         return self._all("forgotten_queued_tasks", {"older_than_seconds": older_than_seconds, "limit": limit})

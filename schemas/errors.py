@@ -56,7 +56,16 @@ class RepositoryError(GeoEtlError):
 
 
 class DatabaseUnavailableError(RepositoryError):
-    """Connection lost, server down, serialization failure or deadlock: retrying may succeed."""
+    """Connection lost, server down, too many connections: retrying may succeed. Counts as an outage."""
+
+
+class TransactionConflictError(RepositoryError):
+    """Serialization failure or deadlock (40001, 40P01): the transaction lost a race with another.
+    Retried at once by the caller; never an outage (the circuit breaker does not count it)."""
+
+
+class RepositoryDataError(RepositoryError):
+    """The database refused a value (data exception, SQLSTATE class 22): retrying cannot help."""
 
 
 # --- task errors --------------------------------------------------------------------------------
@@ -111,3 +120,8 @@ class BlobWriteConflictError(TransientTaskError):
 class StorageUnavailableError(TransientTaskError):
     """Server errors (5xx), timeouts or connection failures: retrying may succeed. Throttling (429,
     503 ServerBusy) is a ``ThrottlingError`` instead, carrying the service's Retry-After."""
+
+
+class WorkerResourceError(TransientTaskError):
+    """This worker ran out of a local resource (temporary disk space, memory) while processing: not
+    the input's fault and not a storage outage. Retried with backoff, possibly on another instance."""

@@ -14,7 +14,8 @@ from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.jobs import OutboxMessage, TaskStatus
-from schemas.messages import JobMessage, TaskMessage
+from schemas.messages import JobAction, JobMessage, TaskMessage
+from services.conflict_retry import retry_on_conflict
 from services.job_lifecycle import fail_job
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
@@ -83,6 +84,7 @@ class DeadLetterHandler:
             insert_dead_letter(repo, received, reason, job_id, task_id)
         logger.error("dead letter from %s: %s", received.queue, reason, extra={"job_id": job_id, "task_id": task_id})
 
+    @retry_on_conflict
     def reconcile_poisoned_task(self, received: ReceivedMessage) -> None:
         message, problem = parse_message(received, TaskMessage)
         if message is None:
@@ -105,12 +107,17 @@ class DeadLetterHandler:
                 controller = self._registry.get(job.job_type)
                 if counters is not None and counters.changed and controller is not None:
                     repo.set_task_error_category(message.task_id, "transient")
-                    params = controller.parse_parameters(job.parameters)
-                    outbox = after_task_finished(repo, controller, params, counters, job)
+                    try:
+                        params = controller.parse_parameters(job.parameters)
+                    except ValueError:
+                        outbox = fail_job(repo, job.job_id, "stored job parameters no longer validate")
+                    else:
+                        outbox = after_task_finished(repo, controller, params, counters, job)
             insert_dead_letter(repo, received, reason, message.job_id, message.task_id)
         log.error("poisoned task message reconciled: %s", reason)
         self._relay.publish(outbox)
 
+    @retry_on_conflict
     def reconcile_poisoned_job(self, received: ReceivedMessage) -> None:
         message, problem = parse_message(received, JobMessage)
         if message is None:
@@ -123,9 +130,15 @@ class DeadLetterHandler:
         outbox: list[OutboxMessage] = []
         with self._db.transaction() as repo:
             job = repo.lock_job(message.job_id)
-            # Only a message the job still waits for fails it; a stale one is just recorded.
-            if job is not None and not job.status.is_terminal and job.stage == message.stage:
+            # Only a message the job still waits for fails it; a stale one is just recorded. A fan-out
+            # whose stage exists was done by another delivery: this one was a duplicate.
+            fanned_out = message.action is JobAction.CREATE_STAGE and any(
+                s.stage == message.stage for s in repo.list_stages(message.job_id)
+            )
+            if job is not None and not job.status.is_terminal and job.stage == message.stage and not fanned_out:
                 outbox = fail_job(repo, message.job_id, reason)
+            elif fanned_out:
+                reason += "; a duplicate (its stage was created by another delivery), job left as is"
             else:
                 reason += "; stale (the job no longer waits for it), job left as is"
             insert_dead_letter(repo, received, reason, message.job_id)

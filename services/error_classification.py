@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-from schemas.errors import InstanceBusyError, PermanentTaskError, ThrottlingError
+from schemas.errors import InstanceBusyError, PermanentTaskError, RepositoryDataError, ThrottlingError
 
 # HTTP statuses that will not change on retry. 408 (timeout) and 429 (throttling) are not here.
 _PERMANENT_HTTP_STATUSES = {400, 401, 403, 404, 405, 409, 410, 411, 412, 413, 414, 415, 416, 422}
@@ -73,7 +73,7 @@ def _http_status(exc: HttpResponseError) -> tuple[int | None, str | None, str | 
 
 def classify(exc: BaseException) -> ClassifiedError:
     message = describe(exc)
-    if isinstance(exc, PermanentTaskError):
+    if isinstance(exc, PermanentTaskError | RepositoryDataError):
         return ClassifiedError(ErrorCategory.PERMANENT, message)
     if isinstance(exc, ThrottlingError | InstanceBusyError):
         category = ErrorCategory.BUSY if isinstance(exc, InstanceBusyError) else ErrorCategory.THROTTLING

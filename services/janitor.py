@@ -7,15 +7,18 @@ on guarded statements, so two janitors running at once do no harm. ``run`` retur
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from controllers.base import JobController
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
-from schemas.jobs import JobPriority, JobStatus, OutboxMessage, StageCounters, TaskStatus
+from repositories.engine_repository import EngineRepository
+from schemas.jobs import JobPriority, JobRecord, JobStatus, OutboxMessage, StageCounters, TaskStatus
 from schemas.messages import JobAction
-from services.job_lifecycle import dependencies_satisfied, queue_job_message, queue_task_messages
+from services.job_lifecycle import dependency_state, fail_job, queue_job_message, queue_task_messages
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
 from services.queue_publisher import OutgoingMessage, QueuePublisher
@@ -89,84 +92,116 @@ class Janitor:
             repo.delete_outbox(ids)
         return len(ids)
 
+    def _each(self, rows: list[dict[str, Any]], sweep: str, step: Callable[[dict[str, Any]], bool]) -> int:
+        """Run ``step`` for every row in its own try: one row that cannot be handled (a job whose stored
+        parameters no longer validate, a bug) is logged and left, and never stops the sweep for the rest."""
+        done = 0
+        for row in rows:
+            try:
+                done += bool(step(row))
+            except Exception:
+                job_logger(logger, str(row.get("job_id")), row.get("task_id")).exception(
+                    "janitor %s: row failed", sweep
+                )
+        return done
+
+    @staticmethod
+    def _params(
+        controller: JobController[Any], repo: EngineRepository, job: JobRecord
+    ) -> tuple[Any | None, list[OutboxMessage]]:
+        """The job's validated parameters, or None after failing a job whose stored parameters no
+        longer validate (with the messages that failure owes its dependents)."""
+        try:
+            return controller.parse_parameters(job.parameters), []
+        except ValueError:
+            return None, fail_job(repo, job.job_id, "stored job parameters no longer validate")
+
     def recover_expired_leases(self) -> int:
         """Tasks left in processing by a dead instance: re-queue them, or fail them past their attempts."""
         with self._db.transaction() as repo:
             expired = repo.expired_leases(self._options.lease_grace_seconds, BATCH)
-        recovered = 0
-        for row in expired:
-            controller = self._registry.get(row["job_type"])
-            policy = (controller.retry_policy if controller else None) or self._options.default_retry
-            with self._db.transaction() as repo:
-                job = repo.lock_job(row["job_id"])
-                if job is None:
-                    continue
-                reason = f"lease expired after attempt {row['attempts']}: the instance running it stopped"
-                outbox: list[OutboxMessage] = []
-                if row["attempts"] >= policy.max_attempts or job.status is not JobStatus.PROCESSING:
-                    counters = repo.finish_task(row["task_id"], TaskStatus.FAILED, None, reason)
-                    if counters is not None and counters.changed and controller is not None:
-                        repo.set_task_error_category(row["task_id"], "transient")
-                        params = controller.parse_parameters(job.parameters)
+        return self._each(expired, "expired_leases", self._recover_expired_lease)
+
+    def _recover_expired_lease(self, row: dict[str, Any]) -> bool:
+        controller = self._registry.get(row["job_type"])
+        policy = (controller.retry_policy if controller else None) or self._options.default_retry
+        with self._db.transaction() as repo:
+            job = repo.lock_job(row["job_id"])
+            if job is None:
+                return False
+            reason = f"lease expired after attempt {row['attempts']}: the instance running it stopped"
+            outbox: list[OutboxMessage] = []
+            if row["attempts"] >= policy.max_attempts or job.status is not JobStatus.PROCESSING:
+                counters = repo.finish_task(row["task_id"], TaskStatus.FAILED, None, reason)
+                if counters is not None and counters.changed and controller is not None:
+                    repo.set_task_error_category(row["task_id"], "transient")
+                    params, outbox = self._params(controller, repo, job)
+                    if params is not None:
                         outbox = after_task_finished(repo, controller, params, counters, job)
-                elif repo.requeue_expired_task(row["task_id"], reason, self._options.lease_grace_seconds):
-                    outbox = queue_task_messages(repo, job.job_id, job.priority, [row["task_id"]])
-                else:
-                    continue
-                recovered += 1
-            job_logger(logger, row["job_id"], row["task_id"]).warning("janitor: %s", reason)
-            self._relay.publish(outbox)
-        return recovered
+            elif repo.requeue_expired_task(row["task_id"], reason, self._options.lease_grace_seconds):
+                outbox = queue_task_messages(repo, job.job_id, job.priority, [row["task_id"]])
+            else:
+                return False
+        job_logger(logger, row["job_id"], row["task_id"]).warning("janitor: %s", reason)
+        self._relay.publish(outbox)
+        return True
 
     def resend_lost_task_messages(self) -> int:
-        """Queued tasks untouched for long with no message owed: their message was lost."""
+        """Queued tasks untouched for long with no message owed: their message was lost. Each is resent
+        in its own transaction that locks the job row first (lock order job → task, as cancel does)."""
         with self._db.transaction() as repo:
             rows = repo.forgotten_queued_tasks(self._options.requeue_queued_after_seconds, BATCH)
-            outbox: list[OutboxMessage] = []
-            for row in rows:
-                if repo.touch_queued_task(row["task_id"]):
-                    outbox += queue_task_messages(repo, row["job_id"], JobPriority(row["priority"]), [row["task_id"]])
+        return self._each(rows, "lost_task_messages", self._resend_lost_task_message)
+
+    def _resend_lost_task_message(self, row: dict[str, Any]) -> bool:
+        with self._db.transaction() as repo:
+            job = repo.lock_job(row["job_id"])
+            if job is None or job.status is not JobStatus.PROCESSING:
+                return False
+            if not repo.touch_forgotten_task(row["task_id"], self._options.requeue_queued_after_seconds):
+                return False
+            outbox = queue_task_messages(repo, job.job_id, JobPriority(row["priority"]), [row["task_id"]])
         self._relay.publish(outbox)
-        return len(outbox)
+        return True
 
     def repair_stages(self) -> int:
         """Stages whose tasks are all finished but which were never closed: recount, close, advance."""
         with self._db.transaction() as repo:
             candidates = repo.stages_needing_repair(BATCH)
-        repaired = 0
-        for row in candidates:
-            with self._db.transaction() as repo:
-                job = repo.lock_job(row["job_id"])
-                counts = repo.recount_stage(row["job_id"], row["stage"])
-                controller = self._registry.get(job.job_type) if job else None
-                if job is None or counts is None or counts["status"] != "completed" or controller is None:
-                    continue
-                counters = StageCounters(
-                    True, job.job_id, row["stage"], counts["task_count"], counts["completed_count"],
-                    counts["failed_count"], counts["skipped_count"], closed_stage=True,
-                )  # fmt: skip
-                outbox = after_task_finished(
-                    repo, controller, controller.parse_parameters(job.parameters), counters, job
-                )
-                repaired += 1
-            job_logger(logger, row["job_id"]).warning("janitor: repaired stage %d", row["stage"])
-            self._relay.publish(outbox)
-        return repaired
+        return self._each(candidates, "repair_stages", self._repair_stage)
+
+    def _repair_stage(self, row: dict[str, Any]) -> bool:
+        with self._db.transaction() as repo:
+            job = repo.lock_job(row["job_id"])
+            counts = repo.recount_stage(row["job_id"], row["stage"])
+            controller = self._registry.get(job.job_type) if job else None
+            if job is None or counts is None or counts["status"] != "completed" or controller is None:
+                return False
+            counters = StageCounters(
+                True, job.job_id, row["stage"], counts["task_count"], counts["completed_count"],
+                counts["failed_count"], counts["skipped_count"], closed_stage=True,
+            )  # fmt: skip
+            params, outbox = self._params(controller, repo, job)
+            if params is not None:
+                outbox = after_task_finished(repo, controller, params, counters, job)
+        job_logger(logger, row["job_id"]).warning("janitor: repaired stage %d", row["stage"])
+        self._relay.publish(outbox)
+        return True
 
     def resume_stalled_jobs(self) -> int:
         """Jobs owed a job message nobody will send (fan-out, advance or finalize lost)."""
         with self._db.transaction() as repo:
             stalled = repo.stalled_jobs(self._options.stalled_job_after_seconds, BATCH)
-        resumed = 0
-        for row in stalled:
-            with self._db.transaction() as repo:
-                outbox = self._resume(repo, row)
-                repo.touch_job(row["job_id"])
-            if outbox:
-                resumed += 1
-                job_logger(logger, row["job_id"]).warning("janitor: resumed stalled job at stage %d", row["stage"])
-                self._relay.publish(outbox)
-        return resumed
+        return self._each(stalled, "stalled_jobs", self._resume_stalled_job)
+
+    def _resume_stalled_job(self, row: dict[str, Any]) -> bool:
+        with self._db.transaction() as repo:
+            outbox = self._resume(repo, row)
+            repo.touch_job(row["job_id"])
+        if outbox:
+            job_logger(logger, row["job_id"]).warning("janitor: resumed stalled job at stage %d", row["stage"])
+            self._relay.publish(outbox)
+        return bool(outbox)
 
     def _resume(self, repo: Any, row: dict[str, Any]) -> list[OutboxMessage]:
         job = repo.lock_job(row["job_id"])
@@ -174,8 +209,10 @@ class Janitor:
         if job is None or controller is None:
             return []
         if job.status is JobStatus.QUEUED:
-            ready = dependencies_satisfied(repo, job.depends_on)
-            return queue_job_message(repo, job.job_id, 1, JobAction.CREATE_STAGE) if ready else []
+            dependencies = dependency_state(repo, job.depends_on)
+            if dependencies.broken:
+                return fail_job(repo, job.job_id, dependencies.broken)
+            return queue_job_message(repo, job.job_id, 1, JobAction.CREATE_STAGE) if dependencies.satisfied else []
         if job.status is not JobStatus.PROCESSING:
             return []
         if row["stage_status"] is None:

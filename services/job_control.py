@@ -9,7 +9,8 @@ from repositories.engine_repository import EngineRepository
 from schemas.errors import ConflictError, NotFoundError
 from schemas.jobs import JobRecord, JobStatus, OutboxMessage
 from schemas.messages import JobAction
-from services.job_lifecycle import cancel_job, dependencies_satisfied, queue_job_message, queue_task_messages
+from services.conflict_retry import retry_on_conflict
+from services.job_lifecycle import cancel_job, dependency_state, queue_job_message, queue_task_messages
 from services.logging_context import job_logger
 from services.outbox_relay import OutboxRelay
 
@@ -22,6 +23,7 @@ class JobControl:
         self._db = db
         self._relay = relay
 
+    @retry_on_conflict
     def cancel(self, job_id: str) -> JobRecord:
         """Queued tasks are skipped, running ones finish, the job ends cancelled. Idempotent."""
         with self._db.transaction() as repo:
@@ -37,6 +39,7 @@ class JobControl:
         assert cancelled is not None  # locked and not terminal
         return cancelled
 
+    @retry_on_conflict
     def retry(self, job_id: str) -> JobRecord:
         """Run the failed (and skipped) tasks of a failed / completed_with_errors job again."""
         with self._db.transaction() as repo:
@@ -45,6 +48,9 @@ class JobControl:
                 raise NotFoundError(f"job {job_id} not found")
             if job.status not in RETRYABLE:
                 raise ConflictError(f"job is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
+            dependencies = dependency_state(repo, job.depends_on)
+            if dependencies.broken:  # it would wait forever: nothing will ever settle it
+                raise ConflictError(f"job cannot be retried: {dependencies.broken}; retry that job first")
             restarted, outbox = self.restart(repo, job)
         self._relay.publish(outbox)
         return restarted
@@ -57,10 +63,18 @@ class JobControl:
         change). A job that failed before its stage had tasks re-plans that stage.
         """
         locked = repo.lock_job(job.job_id) or job
-        stage = repo.earliest_unfinished_stage(job.job_id) or locked.stage
+        first_unfinished = repo.earliest_unfinished_stage(job.job_id)
+        stage = first_unfinished or locked.stage
         repo.delete_stages_after(job.job_id, stage)
         log = job_logger(logger, job.job_id)
-        if repo.reopen_stage(job.job_id, stage):
+        last_stage_done = any(s.stage == stage and s.status == "completed" for s in repo.list_stages(job.job_id))
+        if first_unfinished is None and stage == locked.total_stages and last_stage_done:
+            # Every task completed and the last stage closed: the finalizer failed. Run it again now
+            # instead of leaving the job to the janitor's stalled-job sweep.
+            reopened = repo.reopen_job(job.job_id, JobStatus.PROCESSING, stage)
+            outbox = queue_job_message(repo, job.job_id, stage, JobAction.FINALIZE)
+            log.warning("job restarted: finalizing again")
+        elif repo.reopen_stage(job.job_id, stage):
             task_ids = repo.reset_unsuccessful_tasks(job.job_id, stage)
             repo.reopen_stage(job.job_id, stage)
             reopened = repo.reopen_job(job.job_id, JobStatus.PROCESSING, stage)
@@ -68,7 +82,7 @@ class JobControl:
             repo.hold_tasks(task_ids[slots:])
             outbox = queue_task_messages(repo, job.job_id, locked.priority, task_ids[:slots])
             log.warning("job restarted at stage %d: %d tasks re-queued", stage, len(task_ids))
-        elif stage == 1 and not dependencies_satisfied(repo, locked.depends_on):
+        elif stage == 1 and not dependency_state(repo, locked.depends_on).satisfied:
             reopened = repo.reopen_job(job.job_id, JobStatus.QUEUED, 1)
             outbox = []
             log.warning("job restarted; waiting for its dependencies")

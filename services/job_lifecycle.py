@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from repositories.engine_repository import EngineRepository
@@ -77,7 +78,12 @@ def complete_job(
 
 
 def settle_dependents(repo: EngineRepository, finished: JobRecord) -> list[OutboxMessage]:
-    """Start jobs whose dependencies are now all satisfied; fail those whose dependency failed."""
+    """Start jobs whose dependencies are now all satisfied; fail those whose dependency failed.
+
+    Each dependent's row is locked (waiting_dependents, FOR UPDATE); its other dependencies are only
+    read. Two dependencies of one job finishing together thus serialise on the dependent's row, and
+    the second sees the first's committed status; neither waits for a row the other holds.
+    """
     outbox: list[OutboxMessage] = []
     for dependent_id in repo.waiting_dependents(finished.job_id):
         if finished.status not in SATISFIED_DEPENDENCY_STATUSES:
@@ -85,16 +91,33 @@ def settle_dependents(repo: EngineRepository, finished: JobRecord) -> list[Outbo
             outbox += fail_job(repo, dependent_id, reason)
             continue
         dependent = repo.get_job(dependent_id)
-        if dependent is not None and dependencies_satisfied(repo, dependent.depends_on):
+        if dependent is not None and dependency_state(repo, dependent.depends_on).satisfied:
             job_logger(logger, dependent_id).info("dependencies complete; starting")
             outbox += queue_job_message(repo, dependent_id, 1, JobAction.CREATE_STAGE)
     return outbox
 
 
-def dependencies_satisfied(repo: EngineRepository, depends_on: Sequence[str]) -> bool:
+@dataclass(frozen=True)
+class DependencyState:
+    satisfied: bool
+    broken: str | None = None  # why they can never be satisfied (one ended failed/cancelled, or is gone)
+
+
+def dependency_state(repo: EngineRepository, depends_on: Sequence[str]) -> DependencyState:
+    """Whether a job's dependencies are all done, still running, or can never be satisfied.
+
+    A plain read: the caller holds the dependent job's row lock, which is what serialises the
+    decision (see settle_dependents). Submission, where no dependent row exists yet, locks the
+    dependencies themselves instead (JobService).
+    """
     if not depends_on:
-        return True
-    rows = repo.lock_jobs_shared(depends_on)
-    return len(rows) == len(set(depends_on)) and all(
-        JobStatus(r["status"]) in SATISFIED_DEPENDENCY_STATUSES for r in rows
-    )
+        return DependencyState(True)
+    rows = {r["job_id"]: r for r in repo.job_statuses(depends_on)}
+    missing = sorted(set(depends_on) - set(rows))
+    if missing:
+        return DependencyState(False, f"dependency {missing[0]} no longer exists")
+    for row in rows.values():
+        status = JobStatus(row["status"])
+        if status.is_terminal and status not in SATISFIED_DEPENDENCY_STATUSES:
+            return DependencyState(False, f"dependency {row['job_id']} ended {status}: {row['error'] or 'no detail'}")
+    return DependencyState(all(JobStatus(r["status"]) in SATISFIED_DEPENDENCY_STATUSES for r in rows.values()))

@@ -14,6 +14,7 @@ from repositories.engine_repository import EngineRepository
 from schemas.errors import DatabaseUnavailableError, PermanentTaskError
 from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters
 from schemas.messages import JobAction, JobMessage
+from services.conflict_retry import retry_on_conflict
 from services.deferral import MessageDeferral
 from services.identifiers import task_id_for
 from services.job_lifecycle import complete_job, fail_job, queue_task_messages
@@ -47,6 +48,7 @@ class JobOrchestrator:
             job_logger(logger, message.job_id).warning("postgres unavailable (%s); message deferred %.1fs", exc, delay)
             return []
 
+    @retry_on_conflict
     def process(self, message: JobMessage) -> list[OutboxMessage]:
         """Fan out the message's stage or finalize the job; returns the messages published."""
         if message.action is JobAction.FINALIZE:

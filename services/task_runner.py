@@ -24,7 +24,7 @@ from controllers.base import JobController, TaskContext
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
-from schemas.errors import DatabaseUnavailableError
+from schemas.errors import DatabaseUnavailableError, RepositoryDataError, TransactionConflictError
 from schemas.jobs import ClaimedTask, JobRecord, JobStatus, OutboxMessage, TaskStatus
 from schemas.messages import TaskMessage
 from services.deferral import MessageDeferral
@@ -59,9 +59,9 @@ def result_problem(result: object) -> str | None:
     return None
 
 
-# Recording an outcome must survive a short database outage: the handler's work is done.
+# Recording an outcome must survive a short database outage or a lost race: the handler's work is done.
 _record_retry = retry(
-    retry=retry_if_exception_type(DatabaseUnavailableError),
+    retry=retry_if_exception_type((DatabaseUnavailableError, TransactionConflictError)),
     stop=stop_after_attempt(6),
     wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
     reraise=True,
@@ -258,12 +258,20 @@ class TaskRunner:
         params: Any = None,
     ) -> list[OutboxMessage]:
         """Record the outcome and run fan-in. ``params``: the job parameters already validated for
-        the handler (None when they were not, e.g. unknown job type or invalid parameters)."""
-        with self._db.transaction() as repo:
-            job = repo.lock_job(claimed.task.job_id)  # lock order: job → task → stage
-            if job is None:
-                return []
-            return self._record(repo, claimed, job, status, result, error, category, params)
+        the handler (None when they were not, e.g. unknown job type or invalid parameters). A result
+        the database refuses fails the task, in this attempt, with the reason."""
+        try:
+            with self._db.transaction() as repo:
+                job = repo.lock_job(claimed.task.job_id)  # lock order: job → task → stage
+                if job is None:
+                    return []
+                return self._record(repo, claimed, job, status, result, error, category, params)
+        except RepositoryDataError as exc:
+            if status is not TaskStatus.COMPLETED:
+                raise
+            reason = f"the task's result could not be stored: {exc}"
+            job_logger(logger, claimed.task.job_id, claimed.task.task_id).error("task failed: %s", reason)
+            return self._finish(claimed, TaskStatus.FAILED, None, reason, "permanent", params)
 
     def _record(
         self,

@@ -212,6 +212,9 @@ RETURNING *;
 -- name: lock_jobs_shared
 SELECT job_id, status, error FROM jobs WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id FOR SHARE;
 
+-- name: job_statuses
+SELECT job_id, status, error FROM jobs WHERE job_id = ANY(%(job_ids)s) ORDER BY job_id;
+
 -- name: waiting_dependents
 SELECT job_id FROM jobs
  WHERE status = 'queued' AND depends_on @> ARRAY[%(job_id)s]::text[]
@@ -291,8 +294,11 @@ UPDATE tasks SET status = 'queued', error = %(error)s, error_category = 'transie
    AND lease_expires_at < now() - make_interval(secs => %(grace_seconds)s)
 RETURNING task_id;
 
--- name: touch_queued_task
-UPDATE tasks SET updated_at = now() WHERE task_id = %(task_id)s AND status = 'queued'
+-- name: touch_forgotten_task
+-- Guarded like the sweep's selection: a task another janitor resent meanwhile is left alone.
+UPDATE tasks SET updated_at = now()
+ WHERE task_id = %(task_id)s AND status = 'queued'
+   AND updated_at < now() - make_interval(secs => %(older_than_seconds)s)
 RETURNING task_id;
 
 -- name: forgotten_queued_tasks
@@ -304,8 +310,7 @@ SELECT t.task_id, t.job_id, j.priority
    AND t.updated_at < now() - make_interval(secs => %(older_than_seconds)s)
    AND NOT EXISTS (SELECT 1 FROM outbox AS o WHERE o.job_id = t.job_id AND o.body->>'task_id' = t.task_id)
  ORDER BY t.updated_at
- LIMIT %(limit)s
-   FOR UPDATE OF t SKIP LOCKED;
+ LIMIT %(limit)s;
 
 -- name: stages_needing_repair
 -- Processing stages whose tasks are all finished but whose counters did not close them.
