@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
@@ -233,7 +234,21 @@ def test_resubmitting_returns_the_same_job(container: ServiceContainer) -> None:
     assert defaults.job.job_id == explicit_defaults.job.job_id and not explicit_defaults.created
 
 
-def test_unknown_task_and_stale_job_messages_are_dropped(container: ServiceContainer, settings: Settings) -> None:
-    container.task_runner.handle(TaskMessage(task_id="f" * 64 + "-s1-item_0000", job_id="f" * 64), message_id="x")
-    container.orchestrator.create_stage("e" * 64, 1)
-    assert sql(settings, "SELECT count(*) FROM jobs") == [(0,)]
+def test_unknown_task_and_stale_job_messages_are_dropped(
+    container: ServiceContainer, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    unknown_task = TaskMessage(task_id="f" * 64 + "-s1-item_0000", job_id="f" * 64)
+    assert container.task_runner.handle(unknown_task, message_id="x") == []
+    assert container.orchestrator.create_stage("e" * 64, 1) == []
+    # A stale fan-out for a job that exists but is at another stage changes nothing either.
+    job_id = container.job_service.submit("hello_world", {"n": 2, "message": "stale"}).job.job_id
+    container.orchestrator.create_stage(job_id, 1)
+    before = sql(settings, "SELECT count(*) FROM tasks"), sql(settings, "SELECT count(*) FROM outbox")
+    assert container.orchestrator.create_stage(job_id, 2) == []
+    assert (sql(settings, "SELECT count(*) FROM tasks"), sql(settings, "SELECT count(*) FROM outbox")) == before
+    assert sql(settings, "SELECT stage FROM stages WHERE job_id = %s", (job_id,)) == [(1,)]
+    assert sql(settings, "SELECT count(*) FROM jobs") == [(1,)]
+    assert "task message for unknown task; dropped" in caplog.text
+    assert "job message for unknown job; dropped" in caplog.text
+    assert "stale message for stage 2 (job is at stage 1); dropped" in caplog.text
