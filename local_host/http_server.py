@@ -6,9 +6,11 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -24,7 +26,15 @@ logger = logging.getLogger("local_host.http")
 
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the Functions host's default request size limit
 KEY_HEADER = "x-functions-key"
-METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE")
+RESPONSE_BUFFER_BYTES = 64 * 1024  # a response up to this size leaves in one write
+REDACTED = "[redacted]"
+_KEY_IN_QUERY = re.compile(r"([?&;]code=)[^&;#\s'\"]*", re.IGNORECASE)
+_KEY_IN_HEADER = re.compile(rf"({KEY_HEADER}[\"']?\s*[:=,]\s*[\"']?)[^\s,'\"]+", re.IGNORECASE)
+
+
+def redact_function_keys(text: str) -> str:
+    """``text`` with the value of any ``code`` query parameter and ``x-functions-key`` header masked."""
+    return _KEY_IN_HEADER.sub(rf"\g<1>{REDACTED}", _KEY_IN_QUERY.sub(rf"\g<1>{REDACTED}", text))
 
 
 class BadRequestError(ValueError):
@@ -133,9 +143,31 @@ def _make_handler(host: FunctionsHttpHost) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "local_host"
         timeout = 120
+        # Status line, headers and body in one write, and no Nagle delay: written separately, the second
+        # write waited for the client's delayed ACK (~40 ms per keep-alive request).
+        wbufsize = RESPONSE_BUFFER_BYTES
+        disable_nagle_algorithm = True
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("do_"):  # any method: routing answers 404 or 405, as the Functions host does
+                return self._handle
+            raise AttributeError(name)
+
+        def handle_expect_100(self) -> bool:
+            answered = super().handle_expect_100()
+            self.wfile.flush()  # output is buffered: the interim 100 Continue must leave now
+            return answered
+
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            """Access log: method, URL path (never the query: it may hold ``code``) and status."""
+            path = urlsplit(getattr(self, "path", None) or "").path
+            status = code.value if isinstance(code, HTTPStatus) else code
+            method = self.command or "-"
+            logger.debug("%s %s %s", method, path, status, extra={"method": method, "path": path, "status": status})
 
         def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("%s - %s", self.address_string(), format % args)
+            """The stdlib's error lines quote the request line: function keys are masked."""
+            logger.debug("%s - %s", self.address_string(), redact_function_keys(format % args))
 
         def _read_body(self) -> bytes:
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -260,8 +292,6 @@ def _make_handler(host: FunctionsHttpHost) -> type[BaseHTTPRequestHandler]:
             except (ConnectionError, TimeoutError):
                 self.close_connection = True
 
-    for method in METHODS:
-        setattr(FunctionRequestHandler, f"do_{method}", FunctionRequestHandler._handle)
     return FunctionRequestHandler
 
 

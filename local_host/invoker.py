@@ -1,14 +1,17 @@
-"""Call user functions the way the Python worker does: sync on the caller's thread, async on one shared
-event loop; fill output bindings; enforce host.json ``functionTimeout``."""
+"""Call user functions the way the Python worker does: sync ones on one thread pool of
+PYTHON_THREADPOOL_THREAD_COUNT threads shared by every function of the process, async ones on one
+shared event loop; fill output bindings; enforce host.json ``functionTimeout``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +22,31 @@ from local_host.function_index import FunctionSpec, QueueOutput
 logger = logging.getLogger("local_host.invoker")
 
 SendMessages = Callable[[QueueOutput, list[str | bytes]], None]
+
+THREAD_COUNT_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
+
+
+def default_sync_thread_count() -> int:
+    """The worker leaves max_workers unset (Python 3.9+): ThreadPoolExecutor's own default."""
+    cpus = getattr(os, "process_cpu_count", os.cpu_count)()  # what ThreadPoolExecutor counts on 3.13+
+    return min(32, (cpus or 1) + 4)
+
+
+def sync_thread_count(environ: Mapping[str, str]) -> int:
+    """Threads for sync functions: the PYTHON_THREADPOOL_THREAD_COUNT app setting if it is an integer
+    of at least 1 (the worker's validator), else the default, with the worker's warning."""
+    raw = environ.get(THREAD_COUNT_SETTING)
+    if raw is None:
+        return default_sync_thread_count()
+    try:
+        value = int(raw)
+    except ValueError:
+        logger.warning("%s must be an integer; using the default", THREAD_COUNT_SETTING)
+        return default_sync_thread_count()
+    if value < 1:
+        logger.warning("%s must be at least 1; using the default", THREAD_COUNT_SETTING)
+        return default_sync_thread_count()
+    return value
 
 
 class FunctionTimeoutError(RuntimeError):
@@ -126,7 +154,8 @@ def output_messages(value: Any) -> list[str | bytes]:
 
 
 class Invoker:
-    """Runs invocations; one per worker process."""
+    """Runs invocations; one per worker process. Callers (HTTP, queue, timer threads) wait for the
+    result while a sync function waits for, then runs on, a thread of the shared pool."""
 
     def __init__(
         self,
@@ -134,7 +163,10 @@ class Invoker:
         function_timeout: float | None,
         send_messages: SendMessages,
         on_function_timeout: Callable[[Invocation], None],
+        sync_threads: int | None = None,
     ) -> None:
+        self.sync_threads = sync_threads if sync_threads is not None else default_sync_thread_count()
+        self._sync_pool = ThreadPoolExecutor(max_workers=self.sync_threads, thread_name_prefix="function-sync")
         self._function_timeout = function_timeout
         self._send_messages = send_messages
         self._on_function_timeout = on_function_timeout
@@ -186,7 +218,7 @@ class Invoker:
                 future = asyncio.run_coroutine_threadsafe(spec.user_function(**kwargs), self._loop)
                 result = future.result()
             else:
-                result = spec.user_function(**kwargs)
+                result = self._sync_pool.submit(spec.user_function, **kwargs).result()
             if invocation.timed_out:
                 raise FunctionTimeoutError(f"function {spec.name} exceeded functionTimeout")
             for output in spec.queue_outputs:

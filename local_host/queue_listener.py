@@ -15,14 +15,23 @@ from azure.storage.queue import QueueClient, QueueMessage
 from local_host.function_index import FunctionSpec, QueueTrigger
 from local_host.host_config import MIN_POLLING_INTERVAL_SECONDS, QueuesConfig
 from local_host.invoker import Invoker
+from local_host.polling_backoff import RandomizedExponentialBackoff
 from local_host.queue_leases import HeldMessage, VisibilityRenewer
-from local_host.queue_storage import MessageDecodeError, QueueClients, decode_message_body
+from local_host.queue_storage import MessageDecodeError, QueueClients, decode_message_body, encode_message_body
 
 logger = logging.getLogger("local_host.queues")
 
 
-def poison_queue_name(queue_name: str) -> str:
-    return f"{queue_name}-poison"
+POISON_SUFFIX = "-poison"
+MAX_QUEUE_NAME_LENGTH = 63
+
+
+def poison_queue_name(queue_name: str) -> str | None:
+    """``<queue>-poison``, or None where the extension gives a queue no poison queue: the queue is
+    itself a poison queue, or the name with the suffix would be longer than a queue name may be."""
+    if queue_name.endswith(POISON_SUFFIX) or len(queue_name) + len(POISON_SUFFIX) > MAX_QUEUE_NAME_LENGTH:
+        return None
+    return queue_name + POISON_SUFFIX
 
 
 class QueueListener:
@@ -44,6 +53,7 @@ class QueueListener:
         self.lease_seconds = lease_seconds
         self._clients = clients
         self._invoker = invoker
+        self.poison_queue = poison_queue_name(self.trigger.queue_name)
         self._in_flight = 0
         self._condition = threading.Condition()
         self._stopping = threading.Event()
@@ -55,7 +65,7 @@ class QueueListener:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._clients.ensure_queue(self.trigger.connection_setting, self.trigger.queue_name)
+        """Start polling; like the extension's listener it never creates the queue, it waits for it."""
         self._renewer.start()
         self._thread.start()
 
@@ -103,41 +113,46 @@ class QueueListener:
         self._wake.clear()
         return woken
 
+    def _queue_exists(self) -> bool:
+        try:
+            self._queue_client().get_queue_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+
     def _run(self) -> None:
-        delay = MIN_POLLING_INTERVAL_SECONDS
+        """WebJobs QueueListener.ExecuteAsync: check the queue exists (again after any error), receive a
+        batch, back off (randomized, exponential) while there is nothing to do."""
+        backoff = RandomizedExponentialBackoff(MIN_POLLING_INTERVAL_SECONDS, self.config.max_polling_interval)
         extra = {"function": self.spec.name, "queue": self.trigger.queue_name}
+        queue = self.trigger.queue_name
+        queue_exists: bool | None = None
+        reported_missing = False
         while not self._stopping.is_set():
             with self._condition:
                 while self._in_flight > self.config.new_batch_threshold and not self._stopping.is_set():
                     self._condition.wait(0.5)
             if self._stopping.is_set():
                 break
+            messages: list[QueueMessage] = []
             try:
-                messages = self._receive()
-            except ResourceNotFoundError:
-                logger.warning("Queue %s is missing; creating it", self.trigger.queue_name, extra=extra)
-                self._recreate_queue()
-                messages = []
+                if not queue_exists:
+                    queue_exists = self._queue_exists()
+                    if not queue_exists and not reported_missing:
+                        logger.warning("Queue %s does not exist; polling until it does", queue, extra=extra)
+                    reported_missing = not queue_exists
+                if queue_exists:
+                    messages = self._receive()
             except Exception:
-                queue = self.trigger.queue_name
+                queue_exists = None
                 logger.warning("Polling queue %s failed; backing off", queue, exc_info=True, extra=extra)
-                messages = []
             if messages:
-                delay = MIN_POLLING_INTERVAL_SECONDS
+                backoff.next_delay(succeeded=True)
                 for message in messages:
                     self._dispatch(message)
                 continue
-            if self._sleep(delay):
-                delay = MIN_POLLING_INTERVAL_SECONDS
-            else:
-                delay = min(delay * 2, self.config.max_polling_interval)
-        logger.debug("Stopped polling queue %s", self.trigger.queue_name, extra=extra)
-
-    def _recreate_queue(self) -> None:
-        try:
-            self._clients.ensure_queue(self.trigger.connection_setting, self.trigger.queue_name, force=True)
-        except Exception:
-            logger.warning("Creating queue %s failed", self.trigger.queue_name, exc_info=True)
+            self._sleep(backoff.next_delay(succeeded=False))
+        logger.debug("Stopped polling queue %s", queue, extra=extra)
 
     def _dispatch(self, message: QueueMessage) -> None:
         with self._condition:
@@ -164,33 +179,20 @@ class QueueListener:
 
     def _process(self, message: QueueMessage) -> None:
         try:
-            dequeue_count = message.dequeue_count or 0
-            if dequeue_count > self.config.max_dequeue_count:
-                logger.warning(
-                    "Message %s of function %s has dequeue count %s > maxDequeueCount %s; moving it to %s",
-                    message.id,
-                    self.spec.name,
-                    message.dequeue_count,
-                    self.config.max_dequeue_count,
-                    poison_queue_name(self.trigger.queue_name),
-                    extra=self._extra(message),
-                )
-                self._move_to_poison(message, message.pop_receipt)
-                return
-            held = self._renewer.hold(message.id, message.pop_receipt or "", dequeue_count)
             try:
                 body = decode_message_body(message.content, self.config.message_encoding)
             except MessageDecodeError as error:
-                logger.error(
-                    "Function %s failed for message %s (dequeue count %s): %s",
-                    self.spec.name,
-                    message.id,
-                    message.dequeue_count,
-                    error,
-                    extra=self._extra(message),
-                )
-                self._fail(message, held)
+                # The storage SDK fails to decode it on receive and the extension's handler hands it to the
+                # poison queue at once (as the text received, base64-encoded), whatever its dequeue count.
+                why = f"it cannot be decoded ({error})"
+                self._handle_poison(message, encode_message_body(message.content, "base64"), why)
                 return
+            dequeue_count = message.dequeue_count or 0
+            if dequeue_count > self.config.max_dequeue_count:
+                why = f"its dequeue count {dequeue_count} exceeds maxDequeueCount {self.config.max_dequeue_count}"
+                self._handle_poison(message, message.content, why)
+                return
+            held = self._renewer.hold(message.id, message.pop_receipt or "", dequeue_count)
             trigger_value = FunctionQueueMessage(
                 id=message.id,
                 body=body,
@@ -217,6 +219,31 @@ class QueueListener:
         finally:
             self._done()
 
+    def _handle_poison(self, message: QueueMessage, poison_content: str, why: str) -> None:
+        """QueueProcessor.HandlePoisonMessageAsync: copy to the poison queue and delete, without invoking;
+        a queue without a poison queue leaves the message invisible until the receive lease lapses."""
+        if self.poison_queue is None:
+            logger.warning(
+                "Message %s of function %s is not processed: %s, and queue %s has no poison queue; it stays "
+                "invisible for %ss, then is received again (and skipped again) until it expires",
+                message.id,
+                self.spec.name,
+                why,
+                self.trigger.queue_name,
+                self.lease_seconds,
+                extra=self._extra(message),
+            )
+            return
+        logger.warning(
+            "Message %s of function %s is not processed: %s; moving it to %s",
+            message.id,
+            self.spec.name,
+            why,
+            self.poison_queue,
+            extra=self._extra(message),
+        )
+        self._move_to_poison(message, message.pop_receipt, poison_content)
+
     def _complete(self, message: QueueMessage, held: HeldMessage) -> None:
         receipt = self._renewer.release(held)
         if receipt is None:
@@ -232,8 +259,22 @@ class QueueListener:
             )
 
     def _fail(self, message: QueueMessage, held: HeldMessage) -> None:
+        """QueueProcessor.CompleteProcessingMessageAsync for a failed invocation."""
         receipt = self._renewer.release(held)
         if receipt is None:
+            return
+        if self.poison_queue is None:
+            # The extension does not release it: no fast retry loop on a queue without a poison queue.
+            logger.warning(
+                "Function %s failed for message %s (dequeue count %s); queue %s has no poison queue, so the "
+                "message stays invisible until its lease of %ss lapses",
+                self.spec.name,
+                message.id,
+                message.dequeue_count,
+                self.trigger.queue_name,
+                self.lease_seconds,
+                extra=self._extra(message),
+            )
             return
         if (message.dequeue_count or 0) >= self.config.max_dequeue_count:
             logger.warning(
@@ -241,10 +282,10 @@ class QueueListener:
                 message.id,
                 self.spec.name,
                 self.config.max_dequeue_count,
-                poison_queue_name(self.trigger.queue_name),
+                self.poison_queue,
                 extra=self._extra(message),
             )
-            self._move_to_poison(message, receipt)
+            self._move_to_poison(message, receipt, message.content)
             return
         logger.warning(
             "Function %s failed for message %s (dequeue count %s); it becomes visible again in %ss",
@@ -261,9 +302,10 @@ class QueueListener:
         except ResourceNotFoundError:
             logger.warning("Message %s was already gone when releasing it", message.id, extra=self._extra(message))
 
-    def _move_to_poison(self, message: QueueMessage, receipt: str | None) -> None:
-        poison = poison_queue_name(self.trigger.queue_name)
-        self._clients.send(self.trigger.connection_setting, poison, message.content)
+    def _move_to_poison(self, message: QueueMessage, receipt: str | None, content: str) -> None:
+        poison = self.poison_queue
+        assert poison is not None
+        self._clients.send(self.trigger.connection_setting, poison, content)
         try:
             self._queue_client().delete_message(message.id, receipt)
         except ResourceNotFoundError:

@@ -81,11 +81,12 @@ class QueueClients:
             cache[key] = client
         return client
 
-    def ensure_queue(self, connection_setting: str, queue_name: str, *, force: bool = False) -> None:
-        """Create the queue unless this process already did (``force`` re-checks, e.g. after a 404)."""
+    def ensure_queue(self, connection_setting: str, queue_name: str) -> None:
+        """Create the queue unless this process already did (sends do, like AddMessageAndCreateIfNotExists;
+        trigger listeners never create their queue)."""
         key = (connection_setting, queue_name)
         with self._created_lock:
-            if key in self._created and not force:
+            if key in self._created:
                 return
         try:
             self.client(connection_setting, queue_name).create_queue()

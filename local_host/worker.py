@@ -29,7 +29,7 @@ from local_host.function_index import (
 )
 from local_host.host_config import HostConfig, HostConfigError, load_host_config
 from local_host.http_server import FunctionsHttpHost
-from local_host.invoker import Invocation, Invoker
+from local_host.invoker import Invocation, Invoker, sync_thread_count
 from local_host.json_logging import LinePrefixingStream, configure_logging
 from local_host.options import HostOptions
 from local_host.queue_listener import QueueListener
@@ -83,6 +83,7 @@ class WorkerHost:
             function_timeout=self.config.function_timeout,
             send_messages=sender,
             on_function_timeout=self._on_function_timeout,
+            sync_threads=sync_thread_count(os.environ),  # local.settings.json Values are in os.environ by now
         )
         self.http = FunctionsHttpHost(
             self.specs,
@@ -213,7 +214,15 @@ def run_worker(options: HostOptions, index: int, *, ready_fd: int | None = None,
         signal.signal(signum, _stop_handler(worker.stop_requested))
     if index == 0 or ready_fd is None:
         print(describe_functions(specs, base_url(options, config)), flush=True)
-    logger.info("Worker %d (pid %d) listening on %s", index, os.getpid(), base_url(options, config))
+    threads = worker.invoker.sync_threads if worker.invoker else None
+    logger.info(
+        "Worker %d (pid %d) listening on %s; sync functions share %s threads",
+        index,
+        os.getpid(),
+        base_url(options, config),
+        threads,
+        extra={"sync_threads": threads},
+    )
     _signal_ready(ready_fd)
     if parent_pid is not None:
         threading.Thread(target=_watch_parent, args=(parent_pid, worker.stop_requested), daemon=True).start()

@@ -118,9 +118,10 @@ def host(azurite: AzuriteProcess, tmp_path_factory: pytest.TempPathFactory) -> I
         "SAMPLE_FAIL_QUEUE": f"lh-fail-{suffix}",
         "SAMPLE_RESULTS_QUEUE": f"lh-results-{suffix}",
     }
+    for queue_name in queues.values():  # the host's queue listeners, like Azure's, never create their queue
+        with contextlib.suppress(ResourceExistsError):
+            QueueClient.from_connection_string(azurite.connection_string, queue_name).create_queue()
     results_client = QueueClient.from_connection_string(azurite.connection_string, queues["SAMPLE_RESULTS_QUEUE"])
-    with contextlib.suppress(ResourceExistsError):
-        results_client.create_queue()
     settings = folder / "local.settings.json"
     settings.write_text(
         json.dumps(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import statistics
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 from local_host.function_index import index_functions
 from local_host.http_server import FunctionKeyPolicy, FunctionsHttpHost
 from local_host.invoker import Invoker
+from local_host.json_logging import JsonLineFormatter
 
 
 def free_port() -> int:
@@ -186,3 +190,56 @@ def test_function_key_policy_defaults_off() -> None:
     assert not FunctionKeyPolicy({"LOCAL_HOST_REQUIRE_FUNCTION_KEY": "false"}).required
     with pytest.raises(ValueError):
         FunctionKeyPolicy({"LOCAL_HOST_REQUIRE_FUNCTION_KEY": "1"})
+
+
+def test_keep_alive_requests_are_not_stalled_by_delayed_ack(port: int) -> None:
+    """Headers and body written separately met Nagle + delayed ACK: ~44 ms per request on a reused
+    connection. A correctness bound for that stall, not a benchmark."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        durations = []
+        for index in range(50):
+            started = time.perf_counter()
+            if index % 2:
+                connection.request("POST", "/api/items/7", body=b"x" * 300)
+            else:
+                connection.request("GET", "/api/text")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            durations.append(time.perf_counter() - started)
+    finally:
+        connection.close()
+    assert statistics.median(durations) < 0.015, sorted(durations)
+
+
+def test_unknown_methods_get_404_or_405_like_the_functions_host(port: int) -> None:
+    status, headers, data, _ = call(port, "PROPFIND", "/api/items/1")
+    assert status == 405 and headers["Allow"] == "GET, POST"
+    assert json.loads(data) == {"error": "method not allowed"}
+    assert call(port, "PROPFIND", "/api/unknown")[0] == 404
+    assert call(port, "BREW", "/nowhere")[0] == 404
+    status, _, data, _ = call(port, "PURGE", "/api/text")  # a route without methods takes any method
+    assert (status, data) == (200, b"plain")
+
+
+SECRET_KEY = "k-9f3Zq7LxW2-secret"
+
+
+def test_function_keys_never_reach_the_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = free_port()
+    host = start_host(port, {"LOCAL_HOST_REQUIRE_FUNCTION_KEY": "1", "LOCAL_HOST_FUNCTION_KEY": SECRET_KEY})
+    try:
+        assert call(port, "GET", f"/api/boom?code={SECRET_KEY}")[0] == 500  # keyed, and the function fails
+        assert call(port, "GET", "/api/boom", headers={"x-functions-key": SECRET_KEY})[0] == 500
+        assert call(port, "GET", f"/api/secret?x=1&code={SECRET_KEY}-wrong")[0] == 401
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # a request line the server rejects
+            sock.sendall(f"GET /api/boom?code={SECRET_KEY} extra HTTP/1.1\r\n\r\n".encode())
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400")
+    finally:
+        host.stop()
+    formatter = JsonLineFormatter(0)
+    lines = [formatter.format(record) for record in caplog.records]
+    assert any("/api/boom" in line for line in lines)  # the route path is logged ...
+    assert any("RuntimeError: boom" in line for line in lines)
+    assert not [line for line in lines if SECRET_KEY in line]  # ... never the key

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
 
+from local_host.app_settings import load_settings_into_environment
 from local_host.function_index import FunctionSpec, QueueOutput, index_functions
-from local_host.invoker import Invocation, Invoker
+from local_host.host_config import HostConfig
+from local_host.invoker import Invocation, Invoker, default_sync_thread_count, sync_thread_count
+from local_host.options import HostOptions
+from local_host.worker import WorkerHost
 
 ENV = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def specs_of(app: func.FunctionApp) -> dict[str, FunctionSpec]:
@@ -74,10 +88,11 @@ def request() -> func.HttpRequest:
     return func.HttpRequest("GET", "http://h/api/x", body=b"")
 
 
-def test_sync_function_runs_on_the_callers_thread() -> None:
+def test_sync_function_runs_on_the_shared_thread_pool() -> None:
     invoker = make_invoker(Recorder())
     result = invoker.invoke(specs_of(app_with_functions())["sync_fn"], request(), reason="test")
-    assert result == f"sync {threading.current_thread().name}"
+    assert result.startswith("sync function-sync")
+    assert result != f"sync {threading.current_thread().name}"
     assert invoker.active_count == 0
 
 
@@ -126,3 +141,86 @@ def test_wait_idle() -> None:
     assert not invoker.wait_idle(time.monotonic() + 0.05)
     assert invoker.wait_idle(time.monotonic() + 5)
     thread.join()
+
+
+def test_thread_count_setting_and_default(tmp_path: Path) -> None:
+    default = min(32, (os.cpu_count() or 1) + 4)
+    assert default_sync_thread_count() == default
+    assert sync_thread_count({}) == default
+    assert sync_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "2"}) == 2
+    for invalid in ("0", "-3", "many", ""):  # the worker's validator rejects these and keeps the default
+        assert sync_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": invalid}) == default
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"Values": {"PYTHON_THREADPOOL_THREAD_COUNT": "3"}}))
+    environ: dict[str, str] = {}
+    load_settings_into_environment(settings, environ)
+    assert sync_thread_count(environ) == 3
+    assert make_invoker(Recorder()).sync_threads == default
+
+
+def test_worker_sizes_its_invoker_pool_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHON_THREADPOOL_THREAD_COUNT", "2")
+    options = HostOptions(app_dir=Path.cwd(), port=free_port())
+    worker = WorkerHost(options, 0, HostConfig(), specs=[])
+    worker.build()
+    assert worker.http is not None and worker.invoker is not None
+    worker.http.server.server_close()
+    assert worker.invoker.sync_threads == 2
+
+
+def busy_app(probe: ConcurrencyProbe) -> func.FunctionApp:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.route(route="one")
+    def one(req: func.HttpRequest) -> None:
+        probe.run()
+
+    @app.queue_trigger(arg_name="msg", queue_name="two", connection="AzureWebJobsStorage")
+    def two(msg: Any) -> None:
+        probe.run()
+
+    @app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *")
+    def three(timer: Any) -> None:
+        probe.run()
+
+    return app
+
+
+class ConcurrencyProbe:
+    def __init__(self) -> None:
+        self.running = 0
+        self.max_running = 0
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        with self.lock:
+            self.running += 1
+            self.calls += 1
+            self.max_running = max(self.max_running, self.running)
+        time.sleep(0.1)
+        with self.lock:
+            self.running -= 1
+
+
+def test_sync_functions_of_a_worker_share_one_pool_of_the_configured_size() -> None:
+    probe = ConcurrencyProbe()
+    specs = list(specs_of(busy_app(probe)).values())
+    threads = sync_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "2"})
+    invoker = Invoker(
+        function_timeout=None,
+        send_messages=Recorder().send,
+        on_function_timeout=Recorder().on_timeout,
+        sync_threads=threads,
+    )
+    callers = [  # three functions busy at once, several invocations of each (as HTTP/queue/timer callers would)
+        threading.Thread(target=invoker.invoke, args=(spec, object()), kwargs={"reason": "t"})
+        for spec in specs
+        for _ in range(3)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert probe.calls == 9
+    assert probe.max_running == 2
