@@ -226,13 +226,17 @@ class Janitor:
         for name in self._options.poison_queues:
             client = self._publisher.client_for_name(name)
             for _ in range(10):
-                peeked = client.peek_messages(max_messages=32)
-                if not any(m.inserted_on and m.inserted_on < cutoff for m in peeked):
+                # Receive only as many as peeking showed old: a receive counts as a delivery, and a fresh
+                # poison message must reach its reconciling trigger before maxDequeueCount.
+                old = sum(1 for m in client.peek_messages(max_messages=32) if m.inserted_on and m.inserted_on < cutoff)
+                if not old:
                     break
-                for message in client.receive_messages(max_messages=32, visibility_timeout=5):
+                for message in client.receive_messages(max_messages=old, visibility_timeout=5):
                     if message.inserted_on and message.inserted_on < cutoff:
                         client.delete_message(message)
                         deleted += 1
+                    else:
+                        client.update_message(message, visibility_timeout=0)  # visible again at once
         return deleted
 
     def purge_old_dead_letters(self) -> int:

@@ -4,6 +4,7 @@ Real Azurite queues and a real Postgres database."""
 
 from __future__ import annotations
 
+import base64
 import math
 import threading
 import time
@@ -18,7 +19,7 @@ from controllers.base import JobController, JobOutcome, StageDefinition, StageRe
 from controllers.hello_world import HelloWorldController
 from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
-from schemas.errors import ConflictError, PermanentTaskError
+from schemas.errors import ConflictError, PermanentTaskError, RepositoryError
 from schemas.jobs import JobStatus
 from schemas.messages import JobAction, JobMessage
 from schemas.settings import Settings
@@ -310,3 +311,53 @@ def test_the_outbox_resend_holds_no_row_locks_while_it_sends(
     release.set()
     janitor.join(30)
     assert errors == [] and sql(settings, "SELECT count(*) FROM outbox") == [(0,)]
+
+
+# --- item 4 (engine part): a big fan-out is inserted in batches, in one transaction -------------------------
+
+
+def test_a_big_fan_out_is_inserted_in_batches_within_one_transaction(
+    container: ServiceContainer, settings: Settings
+) -> None:
+    from repositories.engine_repository import INSERT_BATCH
+    from schemas.jobs import NewTask
+
+    job_id = container.job_service.submit("hello_world", {"n": 1, "message": "big"}).job.job_id
+    count = INSERT_BATCH * 2 + 500
+    tasks = [NewTask(f"{job_id}-s1-k{i:05d}", job_id, 1, f"k{i:05d}", {}, None) for i in range(count)]
+    held = [i % 3 == 0 for i in range(count)]
+    with container.db.transaction() as repo:
+        assert repo.insert_stage(job_id, 1, "greet", count)
+        repo.insert_tasks(tasks, held)
+        messages = repo.add_outbox_messages("tasks", [{"i": i} for i in range(count)], job_id)
+    assert len(messages) == count and [m.body["i"] for m in messages] == list(range(count))
+    statuses = dict(sql(settings, "SELECT task_key, status FROM tasks WHERE job_id = %s", (job_id,)))
+    assert statuses == {t.task_key: ("held" if held[i] else "queued") for i, t in enumerate(tasks)}
+    with pytest.raises(RepositoryError, match="23505"), container.db.transaction() as repo:  # all or nothing
+        repo.insert_stage(job_id, 2, "reply", count)
+        repo.insert_tasks([NewTask(f"{job_id}-s2-k{i:05d}", job_id, 2, f"k{i:05d}", {}, None) for i in range(count)])
+        repo.insert_tasks([tasks[0]])  # a duplicate key in the last batch fails the whole fan-out
+    assert sql(settings, "SELECT count(*) FROM tasks WHERE job_id = %s AND stage = 2", (job_id,)) == [(0,)]
+
+
+# --- item 18 (engine part): purging old poison messages leaves fresh ones to their trigger -----------------
+
+
+def test_the_poison_purge_does_not_count_deliveries_of_fresh_poison_messages(
+    container: ServiceContainer, settings: Settings
+) -> None:
+    from tests.support.engine import queue_client
+
+    poison = queue_client(settings, f"{settings.task_queue}-poison")
+    poison.send_message(base64.b64encode(b'{"old": true}').decode())
+    time.sleep(1.2)
+    for i in range(2):
+        poison.send_message(base64.b64encode(f'{{"fresh": {i}}}'.encode()).decode())
+    expiring = make_container(settings.model_copy(update={"poison_retention_hours": 1 / 3600}))
+    try:
+        assert expiring.janitor.purge_old_poison_messages() == 1
+    finally:
+        expiring.close()
+    left = list(poison.peek_messages(max_messages=32))
+    assert len(left) == 2, left
+    assert all(not m.dequeue_count for m in left), "a fresh poison message was received (a delivery counted)"
