@@ -26,9 +26,9 @@ from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName
 from schemas.errors import PermanentTaskError
-from schemas.settings import Settings
+from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.inventory.catalog import item_for, publish_in_place_catalog, skip_reason
-from services.inventory.chunks import ChunkStore, ListingParameters, chunk_key
+from services.inventory.chunks import ChunkStore, ListingParameters, chunk_keys
 from services.inventory.report import flatten
 
 LIST_KEY = "list"
@@ -46,9 +46,12 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
     description = "STAC Items for every GeoTIFF under a prefix, in place, and a Collection (chunked fan-out)."
     parameters_model = CatalogContainerParameters
 
-    def __init__(self, storage: BlobStorage, database: Database) -> None:
+    def __init__(
+        self, storage: BlobStorage, database: Database, *, max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE
+    ) -> None:
         self._storage = storage
         self._db = database
+        self._max_chunks = max_tasks_per_stage  # chunk tasks of one listing (MAX_TASKS_PER_STAGE)
         self.stages = (
             StageDefinition("list", self.list_blobs),
             StageDefinition("items", self.items),
@@ -60,12 +63,14 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
         cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
     ) -> CatalogContainerController:
         storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
-        controller = cls(storage, database)
+        controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller
 
     def list_blobs(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
-        return ChunkStore(self._db, ctx.job_id).list_into_chunks(self._storage, ctx.job_parameters)
+        return ChunkStore(self._db, ctx.job_id).list_into_chunks(
+            self._storage, ctx.job_parameters, max_chunks=self._max_chunks
+        )
 
     def items(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
         container = ctx.job_parameters.container
@@ -116,7 +121,8 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
         if stage == 1:
             return [TaskSpec(LIST_KEY)]
         if stage == 2:
-            return [TaskSpec(chunk_key(i)) for i in range(int(previous_results[LIST_KEY]["chunk_count"]))]
+            count = int(previous_results[LIST_KEY]["chunk_count"])
+            return [TaskSpec(key) for key in chunk_keys(count, params.chunk_size, self._max_chunks)]
         return [TaskSpec(CATALOG_KEY)]
 
     def finalize(self, params: CatalogContainerParameters, outcome: JobOutcome) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import BlobPath, ContainerName
 from schemas.errors import PermanentTaskError
-from schemas.settings import Settings
-from services.inventory.chunks import BlobPrefix, ChunkStore, ListingParameters, chunk_key
+from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
+from services.inventory.chunks import BlobPrefix, ChunkStore, ListingParameters, chunk_keys
 from services.inventory.probe import KIND_RASTER
 from services.inventory.report import flatten, write_jsonl
 
@@ -65,9 +65,12 @@ class ExtractMetadataController(JobController[ExtractMetadataParameters]):
     description = "Raster metadata records of one blob, or of every blob under a prefix (chunked, JSON Lines)."
     parameters_model = ExtractMetadataParameters
 
-    def __init__(self, storage: BlobStorage, database: Database) -> None:
+    def __init__(
+        self, storage: BlobStorage, database: Database, *, max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE
+    ) -> None:
         self._storage = storage
         self._db = database
+        self._max_chunks = max_tasks_per_stage  # chunk tasks of one listing (MAX_TASKS_PER_STAGE)
         self.stages = (
             StageDefinition("list", self.list_blobs),
             StageDefinition("extract", self.extract),
@@ -79,7 +82,7 @@ class ExtractMetadataController(JobController[ExtractMetadataParameters]):
         cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
     ) -> ExtractMetadataController:
         storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
-        controller = cls(storage, database)
+        controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller
 
@@ -88,7 +91,7 @@ class ExtractMetadataController(JobController[ExtractMetadataParameters]):
         store = ChunkStore(self._db, ctx.job_id)
         if params.blob_name is not None:
             return store.store_blobs([self._storage.properties(params.container, params.blob_name)])
-        return store.list_into_chunks(self._storage, params.listing())
+        return store.list_into_chunks(self._storage, params.listing(), max_chunks=self._max_chunks)
 
     def extract(self, ctx: TaskContext[ExtractMetadataParameters]) -> dict[str, Any]:
         store = ChunkStore(self._db, ctx.job_id)
@@ -125,7 +128,8 @@ class ExtractMetadataController(JobController[ExtractMetadataParameters]):
         if stage == 1:
             return [TaskSpec(LIST_KEY)]
         if stage == 2:
-            return [TaskSpec(chunk_key(i)) for i in range(int(previous_results[LIST_KEY]["chunk_count"]))]
+            count = int(previous_results[LIST_KEY]["chunk_count"])
+            return [TaskSpec(key) for key in chunk_keys(count, params.chunk_size, self._max_chunks)]
         return [TaskSpec(OUTPUT_KEY)]
 
     def finalize(self, params: ExtractMetadataParameters, outcome: JobOutcome) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from controllers.container_defaults import deployment_parameters_model
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName
-from schemas.settings import Settings
-from services.inventory.chunks import ChunkStore, ListingParameters, chunk_key
+from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
+from services.inventory.chunks import ChunkStore, ListingParameters, chunk_keys
 from services.inventory.probe import probe_blob
 from services.inventory.report import InventorySummary, flatten, write_jsonl
 
@@ -55,9 +55,12 @@ class InventoryContainerController(JobController[InventoryContainerParameters]):
     description = "Inventory of a container's blobs in chunks: kinds, sizes, raster headers, COG or not."
     parameters_model = InventoryContainerParameters
 
-    def __init__(self, storage: BlobStorage, database: Database) -> None:
+    def __init__(
+        self, storage: BlobStorage, database: Database, *, max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE
+    ) -> None:
         self._storage = storage
         self._db = database
+        self._max_chunks = max_tasks_per_stage  # chunk tasks of one listing (MAX_TASKS_PER_STAGE)
         self.stages = (
             StageDefinition("list", self.list_blobs),
             StageDefinition("probe", self.probe),
@@ -69,14 +72,16 @@ class InventoryContainerController(JobController[InventoryContainerParameters]):
         cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
     ) -> InventoryContainerController:
         storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
-        controller = cls(storage, database)
+        controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller
 
     # --- handlers -----------------------------------------------------------------------------
 
     def list_blobs(self, ctx: TaskContext[InventoryContainerParameters]) -> dict[str, Any]:
-        return ChunkStore(self._db, ctx.job_id).list_into_chunks(self._storage, ctx.job_parameters)
+        return ChunkStore(self._db, ctx.job_id).list_into_chunks(
+            self._storage, ctx.job_parameters, max_chunks=self._max_chunks
+        )
 
     def probe(self, ctx: TaskContext[InventoryContainerParameters]) -> dict[str, Any]:
         store = ChunkStore(self._db, ctx.job_id)
@@ -107,7 +112,8 @@ class InventoryContainerController(JobController[InventoryContainerParameters]):
         if stage == 1:
             return [TaskSpec(LIST_KEY)]
         if stage == 2:
-            return [TaskSpec(chunk_key(i)) for i in range(int(previous_results[LIST_KEY]["chunk_count"]))]
+            count = int(previous_results[LIST_KEY]["chunk_count"])
+            return [TaskSpec(key) for key in chunk_keys(count, params.chunk_size, self._max_chunks)]
         return [TaskSpec(SUMMARY_KEY)]
 
     def finalize(self, params: InventoryContainerParameters, outcome: JobOutcome) -> dict[str, Any]:

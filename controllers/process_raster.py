@@ -25,15 +25,13 @@ from typing import Any
 
 import pybreaker
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
-from rasterio.crs import CRS
-from rasterio.errors import CRSError
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import with_default_containers
 from repositories.blob_storage import BlobStorage
 from schemas.blob_names import BlobPath, ContainerName
 from schemas.errors import PermanentTaskError
-from schemas.settings import Settings
+from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.raster.cog import (
     CogOptions,
     Compression,
@@ -41,6 +39,7 @@ from services.raster.cog import (
     configure_gdal_block_cache,
     default_overview_resampling,
 )
+from services.raster.crs import FORMS, CrsInputError, canonical_crs_text
 from services.raster.inspect import RasterMetadata
 from services.raster.pipeline import (
     BlobRef,
@@ -94,18 +93,23 @@ class ProcessRasterParameters(BaseModel):
         description="STAC item datetime (ISO 8601 with offset). Default: the TIFF's DateTime tag, else the job's time.",
     )
     assume_crs: str | None = Field(
-        default=None, min_length=1, max_length=20000, description="CRS for a source without one (e.g. EPSG:4326)."
+        default=None,
+        min_length=1,
+        max_length=20000,
+        description=f"CRS for a source without one: {FORMS}. Stored resolved (the code, or canonical WKT2).",
     )
 
     @field_validator("assume_crs")
     @classmethod
     def _known_crs(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                CRS.from_user_input(value)
-            except CRSError as exc:
-                raise ValueError(f"not a CRS GDAL knows: {exc}") from exc
-        return value
+        # Resolved from the text alone (no URL, file or PROJ string); the canonical form is what the
+        # job stores, so re-validating stored parameters later gives the same CRS.
+        if value is None:
+            return None
+        try:
+            return canonical_crs_text(value)
+        except CrsInputError as exc:
+            raise ValueError(str(exc)) from exc
 
     @model_validator(mode="after")
     def _derive_collection_id(self) -> ProcessRasterParameters:
@@ -129,6 +133,7 @@ class RasterJobOptions:
     conversions_per_process: int = 1
     default_container: str = "bronze"
     default_output_container: str = "silver"
+    max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE  # most tiles (cog tasks) one job may plan
 
     @classmethod
     def from_settings(cls, settings: Settings, storage: BlobStorage) -> RasterJobOptions:
@@ -142,6 +147,7 @@ class RasterJobOptions:
             conversions_per_process=settings.raster_conversions_per_process,
             default_container=settings.bronze_container,
             default_output_container=settings.silver_container,
+            max_tasks_per_stage=settings.max_tasks_per_stage,
         )
 
 
@@ -205,6 +211,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
                 metadata.itemsize,
                 self._options.memory,
                 tile_side=params.tile_size,
+                max_tiles=self._options.max_tasks_per_stage,
             )
         except TilingError as exc:
             raise PermanentTaskError(str(exc)) from exc
@@ -259,6 +266,11 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         if stage == 3:
             plan = previous_results[SOURCE_KEY]
             shared = {key: plan[key] for key in ("metadata", "item_datetime")}
+            if len(plan["tiles"]) > self._options.max_tasks_per_stage:  # planned under a higher limit
+                raise PermanentTaskError(
+                    f"the plan has {len(plan['tiles']):,} tiles; the limit is {self._options.max_tasks_per_stage:,} "
+                    "(MAX_TASKS_PER_STAGE): raise tile_size"
+                )
             tiles = [TileWindow.from_dict(tile) for tile in plan["tiles"]]
             return [TaskSpec(tile.key, {**shared, "window": tile.to_dict()}) for tile in tiles]
         return [TaskSpec(CATALOG_KEY, {"tiles": {key: previous_results[key] for key in sorted(previous_results)}})]

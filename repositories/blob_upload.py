@@ -4,8 +4,9 @@ GDAL's COG driver appends its output front to back and, when it closes the file,
 rewrite the first few KiB (TIFF header, tile offsets). ``GrowingFileUpload`` stages (Put Block)
 each block as soon as the file has grown well past it, so that after the writer closes only the
 tail and the blocks that changed remain to send. Correctness never depends on guessing what the
-writer will still change: at commit the final file is read once and every block whose checksum
-differs from what was staged is staged again before the block list is committed.
+writer will still change: at commit the final file is read once and every block whose digest
+(BLAKE2b, not a CRC: a CRC collision would commit stale bytes) differs from what was staged is
+staged again before the block list is committed.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import logging
 import os
 import secrets
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
@@ -71,10 +71,16 @@ def block_id(nonce: str, number: int) -> str:
     return base64.b64encode(f"{nonce}{number:0{_COUNTER_DIGITS}d}".encode()).decode()
 
 
+def block_digest(data: bytes) -> bytes:
+    """What decides whether a block changed since it was staged: a cryptographic digest, so two
+    different blocks never compare equal (a CRC32 collision is easy to make, even by accident)."""
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
 @dataclass(frozen=True)
 class _Staged:
     block_id: str
-    crc32: int
+    digest: bytes
     length: int
 
 
@@ -174,7 +180,7 @@ class GrowingFileUpload:
     def _stage(self, index: int, data: bytes) -> None:
         with self._lock:
             number, self._numbers = self._numbers, self._numbers + 1
-        staged = _Staged(block_id(self._nonce, number), zlib.crc32(data), len(data))
+        staged = _Staged(block_id(self._nonce, number), block_digest(data), len(data))
         with self._guarded("stage block of"):
             self._blob.stage_block(staged.block_id, data, length=len(data))
         with self._lock:
@@ -245,21 +251,21 @@ class GrowingFileUpload:
         at_commit: list[Future[None]] = []
         # Blocks a background stage is still sending are compared once it is done, so the tail
         # is staged meanwhile instead of queueing behind them.
-        deferred: list[tuple[int, int, int]] = []
+        deferred: list[tuple[int, bytes, int]] = []
         while data := source.read(self._span(index)[1]):
             digest.update(data)
             size += len(data)
             background = self._in_flight.get(index)
             if background is not None and not background.done():
-                deferred.append((index, zlib.crc32(data), len(data)))
+                deferred.append((index, block_digest(data), len(data)))
             else:
-                self._stage_if_changed(index, data, zlib.crc32(data), at_commit)
+                self._stage_if_changed(index, data, block_digest(data), at_commit)
             index += 1
         self._settle()
-        for late, crc32, length in deferred:
-            if self._changed(late, crc32, length):  # rare: re-read just that block
+        for late, digest_then, length in deferred:
+            if self._changed(late, digest_then, length):  # rare: re-read just that block
                 data = os.pread(source.fileno(), length, self._span(late)[0])
-                self._stage_if_changed(late, data, zlib.crc32(data), at_commit)
+                self._stage_if_changed(late, data, block_digest(data), at_commit)
         wait(at_commit)
         self._raise_if_failed()
         blocks = [BlobBlock(block_id=self._staged[i].block_id) for i in range(index)]
@@ -267,14 +273,14 @@ class GrowingFileUpload:
             self._blob.commit_block_list(blocks, content_settings=ContentSettings(self._content_type))
         return self._uploaded(size, digest.hexdigest())
 
-    def _changed(self, index: int, crc32: int, length: int) -> bool:
+    def _changed(self, index: int, digest: bytes, length: int) -> bool:
         with self._lock:
             before = self._staged.get(index)
-        return before is None or (before.crc32, before.length) != (crc32, length)
+        return before is None or (before.digest, before.length) != (digest, length)
 
-    def _stage_if_changed(self, index: int, data: bytes, crc32: int, jobs: list[Future[None]]) -> None:
+    def _stage_if_changed(self, index: int, data: bytes, digest: bytes, jobs: list[Future[None]]) -> None:
         self._raise_if_failed()
-        if self._changed(index, crc32, len(data)):
+        if self._changed(index, digest, len(data)):
             self.staged_at_commit += 1
             self.restaged += index in self._staged
             self._slots.acquire()

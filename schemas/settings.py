@@ -9,6 +9,7 @@ from schemas.blob_names import ContainerName
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9]|-[a-z0-9]){1,61}[a-z0-9]?$"
+DEFAULT_MAX_TASKS_PER_STAGE = 10_000  # MAX_TASKS_PER_STAGE
 
 
 class Settings(BaseSettings):
@@ -40,17 +41,27 @@ class Settings(BaseSettings):
     # before giving up and starting afresh: bounds how long a killed or failed-over server keeps
     # the pool from growing again once it is back.
     db_reconnect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long an HTTP request waits for a pooled connection before answering 503 (queue and timer
+    # triggers wait DB_POOL_TIMEOUT_SECONDS): an outage is reported at once, not after the pool timeout.
+    db_http_acquire_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
 
     # HTTP API.
     max_request_bytes: int = Field(default=256 * 1024, ge=1024)
     job_list_max_limit: int = Field(default=200, ge=1)
     blob_list_max_limit: int = Field(default=1000, ge=1, le=5000)
+    # GET /api/containers: largest page `limit`, and blobs listed to count each container (past it
+    # the count is a lower bound), so one request lists at most limit * cap blobs.
+    container_list_max_limit: int = Field(default=100, ge=1, le=1000)
+    container_blob_count_cap: int = Field(default=1000, ge=1, le=5000)
 
     # Task execution.
     task_max_attempts: int = Field(default=3, ge=1, le=100)
     task_retry_base_seconds: float = Field(default=1.0, ge=0)
     task_retry_max_seconds: float = Field(default=60.0, ge=0)
-    task_lease_seconds: int = Field(default=300, ge=5)
+    # A task's lease is its heartbeat: renewed every third of it while the handler runs, so a dead
+    # instance's tasks are re-queued by the janitor within lease + JANITOR_LEASE_GRACE_SECONDS + one
+    # janitor period (30 + 5 + 10 s by default), while a live one's lease never lapses.
+    task_lease_seconds: int = Field(default=30, ge=5)
     # An invocation goes on to the fan-out/task its own messages released while younger than
     # this (services/work_chain.py); 0 turns the chaining off.
     inline_chain_seconds: float = Field(default=60.0, ge=0)
@@ -64,7 +75,7 @@ class Settings(BaseSettings):
     circuit_reset_seconds: float = Field(default=10.0, gt=0)
 
     # Janitor (timer trigger JANITOR_SCHEDULE, NCRONTAB with seconds).
-    janitor_schedule: str = "*/30 * * * * *"
+    janitor_schedule: str = "*/10 * * * * *"
     janitor_outbox_grace_seconds: float = Field(default=30.0, ge=0)
     janitor_lease_grace_seconds: float = Field(default=5.0, ge=0)
     janitor_requeue_queued_after_seconds: float = Field(default=900.0, ge=1)
@@ -83,6 +94,9 @@ class Settings(BaseSettings):
     # COG conversions one process runs at a time (the others wait), so a process holds at most this
     # many task budgets however many messages the host hands it.
     raster_conversions_per_process: int = Field(default=1, ge=1, le=64)
+    # Most tasks one stage of a job may fan out to (process_raster tiles, listing jobs' chunks): a
+    # job that would need more fails at planning with a one-line reason naming what to raise.
+    max_tasks_per_stage: int = Field(default=DEFAULT_MAX_TASKS_PER_STAGE, ge=1, le=100_000)
 
     log_level: str = "INFO"
 

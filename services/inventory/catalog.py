@@ -17,6 +17,7 @@ from typing import Any
 import pystac
 
 from repositories.blob_storage import BlobStorage
+from schemas.errors import PermanentTaskError
 from services.inventory.probe import KIND_RASTER
 from services.raster.footprint import BBox, union_bbox
 from services.raster.inspect import RasterMetadata
@@ -27,9 +28,15 @@ JSON = "application/json"
 
 
 def item_id_for(name: str) -> str:
-    """A readable, unique item id: the blob path slugged, plus a short hash of the exact name."""
+    """A readable, unique item id: the blob path slugged (at most 80 characters), plus the full
+    SHA-256 of the exact name. The digest, not the slug, makes it unique: two names that slug
+    alike never share an id (a short hash could be made to collide, and one item would be lost)."""
     slug = re.sub(r"[^a-z0-9_.]+", "-", name.lower()).strip("-._")[:80] or "raster"
-    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return f"{slug}-{hashlib.sha256(name.encode()).hexdigest()}"
+
+
+class DuplicateItemIdError(PermanentTaskError):
+    """Two rasters got the same STAC item id: one item would silently replace the other."""
 
 
 def item_for(storage: BlobStorage, container: str, entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -82,10 +89,17 @@ def publish_in_place_catalog(
     first: datetime | None = None  # the temporal extent: only its ends are kept
     last: datetime | None = None
     item_hrefs: list[str] = []
+    seen: dict[str, str] = {}  # item id → the asset it was written for (ids only: a few hundred bytes each)
     with ThreadPoolExecutor(8, thread_name_prefix="stac-items") as pool:
         in_flight: deque[Future[Any]] = deque()
         for data in items:
             item = pystac.Item.from_dict(data)
+            asset = next(iter(item.assets.values())).href if item.assets else ""
+            if item.id in seen:  # before its upload: never overwrite the first item
+                raise DuplicateItemIdError(
+                    f"STAC item id {item.id!r} of {asset} was already used for {seen[item.id]}; not overwriting it"
+                )
+            seen[item.id] = asset
             item.collection_id = collection_id
             item.clear_links()
             for rel in (pystac.RelType.ROOT, pystac.RelType.COLLECTION, pystac.RelType.PARENT):

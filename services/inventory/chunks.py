@@ -23,7 +23,7 @@ from schemas.errors import PermanentTaskError
 
 CHUNK_KEY_PREFIX = "chunk_"
 LIST_PAGE_SIZE = 5000
-MAX_CHUNKS = 100_000  # chunk keys have five digits
+MAX_CHUNKS = 100_000  # chunk keys have five digits; MAX_TASKS_PER_STAGE (at most this) is the real limit
 
 
 def _check_prefix(prefix: str) -> str:
@@ -61,6 +61,20 @@ def chunk_key(index: int) -> str:
     return f"{CHUNK_KEY_PREFIX}{index:05d}"
 
 
+def too_many_chunks(chunk_size: int, max_chunks: int, blobs: str = "") -> PermanentTaskError:
+    return PermanentTaskError(
+        f"the listing{blobs} makes more than {max_chunks:,} chunks of chunk_size {chunk_size:,}; the limit is "
+        f"{max_chunks:,} chunk tasks (MAX_TASKS_PER_STAGE): raise chunk_size or narrow the prefix"
+    )
+
+
+def chunk_keys(chunk_count: int, chunk_size: int, max_chunks: int) -> list[str]:
+    """The chunk task keys of a listing of ``chunk_count`` chunks, within ``max_chunks``."""
+    if chunk_count > min(max_chunks, MAX_CHUNKS):
+        raise too_many_chunks(chunk_size, min(max_chunks, MAX_CHUNKS), f" ({chunk_count:,} chunks)")
+    return [chunk_key(i) for i in range(chunk_count)]
+
+
 def blob_record(info: BlobInfo) -> dict[str, Any]:
     """The JSON form of a listed blob stored in a chunk."""
     return {
@@ -91,10 +105,14 @@ class ChunkStore:
     db: Database
     job_id: str
 
-    def list_into_chunks(self, storage: BlobStorage, params: ListingParameters) -> dict[str, Any]:
+    def list_into_chunks(
+        self, storage: BlobStorage, params: ListingParameters, *, max_chunks: int = MAX_CHUNKS
+    ) -> dict[str, Any]:
         """List the container into chunks; a rerun (retried task) replaces the earlier chunks.
+        More than ``max_chunks`` chunks (MAX_TASKS_PER_STAGE) fail the task as soon as listed.
 
         Returns the counts; the chunk keys are ``chunk_key(0..chunk_count-1)``."""
+        max_chunks = min(max_chunks, MAX_CHUNKS)
         with self.db.transaction() as repo:
             repo.delete_blob_chunks(self.job_id)
         keys: list[str] = []
@@ -102,8 +120,10 @@ class ChunkStore:
         total_bytes = 0
 
         def flush() -> None:
-            if len(keys) >= MAX_CHUNKS:
-                raise PermanentTaskError(f"more than {MAX_CHUNKS} chunks: raise chunk_size")
+            if len(keys) >= max_chunks:
+                with self.db.transaction() as repo:  # nothing of a failed listing stays behind
+                    repo.delete_blob_chunks(self.job_id)
+                raise too_many_chunks(params.chunk_size, max_chunks, f" of {params.container}/{params.prefix}")
             key = chunk_key(len(keys))
             with self.db.transaction() as repo:
                 repo.insert_blob_chunk(self.job_id, key, pending)

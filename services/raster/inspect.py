@@ -15,10 +15,10 @@ from typing import Any, Literal
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import CRSError
 from rasterio.io import DatasetReader
 
 from schemas.errors import PermanentTaskError
+from services.raster.crs import CrsInputError, crs_from_text
 from services.raster.footprint import footprint_wgs84
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -139,9 +139,9 @@ def resolve_crs(file_crs: CRS | None, assume_crs: str | None) -> tuple[CRS, bool
     if not assume_crs:
         raise UnsupportedRasterError('the raster has no CRS; pass assume_crs (for example "EPSG:4326") to set one')
     try:
-        return CRS.from_user_input(assume_crs), True
-    except CRSError as exc:
-        raise UnsupportedRasterError(f"assume_crs {assume_crs!r} is not a CRS GDAL knows: {exc}") from exc
+        return crs_from_text(assume_crs), True
+    except CrsInputError as exc:
+        raise UnsupportedRasterError(f"assume_crs: {exc}") from exc
 
 
 def check_geotransform(dataset: DatasetReader) -> Affine:

@@ -25,13 +25,7 @@ from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from repositories.blob_storage import BlobStorage
-from schemas.errors import (
-    BlobAccessDeniedError,
-    BlobNotFoundError,
-    InstanceBusyError,
-    PermanentTaskError,
-    StorageUnavailableError,
-)
+from schemas.errors import InstanceBusyError, PermanentTaskError
 from services.raster.cog import (
     COG_MEDIA_TYPE,
     LOSSY_COMPRESSIONS,
@@ -42,6 +36,7 @@ from services.raster.cog import (
     stage_window,
     write_cog,
 )
+from services.raster.gdal_errors import gdal_error
 from services.raster.inspect import RasterMetadata, UnsupportedRasterError, inspect_dataset, tiff_truncation_problem
 from services.raster.memory import release_free_memory, track_peak_rss
 from services.raster.tiling import TileWindow
@@ -54,9 +49,6 @@ MOSAIC_NAME = "mosaic.vrt"
 # room: a batch of tiles delivered to one busy instance spreads out instead of queueing behind it.
 DEFAULT_SLOT_WAIT_SECONDS = 5.0
 HAND_BACK_SECONDS = (5.0, 15.0)  # uniform jitter, so handed-back tiles do not return in lockstep
-_TRANSIENT_GDAL_MESSAGES = re.compile(
-    r"HTTP response code: (5\d\d|429|408)|timed out|timeout|Could not resolve|Connection|SSL", re.IGNORECASE
-)
 
 
 class StepTimer:
@@ -92,11 +84,6 @@ def tile_blob(source_blob: str, tile_key: str) -> str:
     return f"{output_prefix(source_blob)}/{tile_key}.tif"
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 @contextmanager
 def open_raster(path: str) -> Iterator[DatasetReader]:
     """Open a GeoTIFF (only the GTiff driver: no VRT or other formats that could reach other files),
@@ -106,17 +93,6 @@ def open_raster(path: str) -> Iterator[DatasetReader]:
             yield dataset
     except RasterioError as exc:
         raise gdal_error(exc, path) from exc
-
-
-def gdal_error(exc: Exception, path: str) -> Exception:
-    message = _one_line(str(exc))
-    if _TRANSIENT_GDAL_MESSAGES.search(message):
-        return StorageUnavailableError(f"reading {path}: {message}")
-    if "HTTP response code: 404" in message or "does not exist" in message:
-        return BlobNotFoundError(f"{path} not found")
-    if re.search(r"HTTP response code: 40[13]", message):
-        return BlobAccessDeniedError(f"reading {path}: {message}")
-    return UnsupportedRasterError(f"cannot be read as a GeoTIFF (corrupt, truncated or not a TIFF): {message}")
 
 
 def check_decodes(dataset: DatasetReader) -> None:

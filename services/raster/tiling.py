@@ -129,6 +129,11 @@ def largest_fitting_side(model: TaskMemoryModel, bands: int, itemsize: int) -> i
     return low * COG_BLOCK_SIZE
 
 
+def tile_count(width: int, height: int, tile_side: int) -> int:
+    """How many tiles ``grid`` makes, without making them."""
+    return math.ceil(width / tile_side) * math.ceil(height / tile_side)
+
+
 def plan_tiles(
     width: int,
     height: int,
@@ -137,10 +142,12 @@ def plan_tiles(
     model: TaskMemoryModel,
     *,
     tile_side: int | None = None,
+    max_tiles: int | None = None,
 ) -> list[TileWindow]:
     """One window when the whole source fits the budget, else a grid of windows that each fit.
 
-    ``tile_side`` overrides the computed size; it must still fit the budget.
+    ``tile_side`` overrides the computed size; it must still fit the budget. ``max_tiles`` (the
+    MAX_TASKS_PER_STAGE setting) bounds the grid: more tiles raise ``TilingError`` before any is made.
     """
     if tile_side is not None:
         side_w, side_h = min(tile_side, width), min(tile_side, height)
@@ -150,7 +157,21 @@ def plan_tiles(
                 f"tile_size {tile_side} needs about {math.ceil(needed / MIB)} MiB per task, over the "
                 f"per-task memory budget of {model.budget_bytes // MIB} MiB"
             )
+        count = tile_count(width, height, tile_side)
+        if max_tiles is not None and count > max_tiles:
+            raise TilingError(
+                f"tile_size {tile_side} would make {count:,} tiles of this {width}x{height} raster; the limit is "
+                f"{max_tiles:,} (MAX_TASKS_PER_STAGE): raise tile_size"
+            )
         return grid(width, height, tile_side)
     if model.fits(width, height, bands, itemsize):
         return [TileWindow(0, 0, 0, 0, width, height)]
-    return grid(width, height, largest_fitting_side(model, bands, itemsize))
+    side = largest_fitting_side(model, bands, itemsize)
+    count = tile_count(width, height, side)
+    if max_tiles is not None and count > max_tiles:
+        raise TilingError(
+            f"this {width}x{height} raster would make {count:,} tiles of {side} px (the largest that fit the "
+            f"per-task memory budget of {model.budget_bytes // MIB} MiB); the limit is {max_tiles:,} "
+            "(MAX_TASKS_PER_STAGE): raise RASTER_TASK_MEMORY_BUDGET_BYTES"
+        )
+    return grid(width, height, side)

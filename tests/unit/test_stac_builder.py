@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pystac
 import rasterio
+from rasterio.crs import CRS
 
 from services.raster.inspect import RasterMetadata, inspect_dataset
 from services.stac.builder import AssetFile, build_collection, build_item, file_checksum, write_self_contained
@@ -46,7 +47,8 @@ def test_item_carries_projection_raster_and_file_fields(tmp_path: Path) -> None:
 def test_a_crs_without_an_epsg_code_is_given_as_wkt2(tmp_path: Path) -> None:
     path = rasters.no_crs(tmp_path / "nocrs.tif")
     with rasterio.open(path) as dataset:
-        custom = "+proj=tmerc +lat_0=0 +lon_0=12.3 +k=1 +x_0=0 +y_0=0 +ellps=GRS80 +units=m +no_defs"
+        proj = "+proj=tmerc +lat_0=0 +lon_0=12.3 +k=1 +x_0=0 +y_0=0 +ellps=GRS80 +units=m +no_defs"
+        custom = CRS.from_string(proj).to_wkt()  # assume_crs takes codes, WKT or PROJJSON only
         meta = inspect_dataset(dataset, assume_crs=custom)
     item = build_item("x", meta, AssetFile(href="x.tif"), item_datetime=WHEN)
     assert item.properties.get("proj:code") is None
