@@ -6,8 +6,9 @@ import azure.functions as func
 
 from schemas.settings import Settings
 from services.container import ServiceContainer
-from triggers import http_containers, http_jobs, queue_engine
+from triggers import http_containers, http_jobs, http_log_redaction, queue_engine
 
+http_log_redaction.install()  # no function key or account key in the app's own log records
 settings = Settings()
 container = ServiceContainer(settings)
 

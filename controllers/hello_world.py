@@ -22,7 +22,7 @@ class HelloWorldParameters(BaseModel):
     max_failure_ratio: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Override of the stage failure policy (default 0)."
     )
-    sleep_ms: int = Field(default=0, ge=0, le=10_000, description="Time each task spends working (load tests).")
+    sleep_ms: int = Field(default=0, ge=0, le=120_000, description="Time each task spends working (load tests).")
 
     @property
     def failing_greetings(self) -> int:

@@ -29,7 +29,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings, LinearRetry
 
 from repositories.blob_upload import GrowingFileUpload, UploadedBlob, block_id, new_upload_nonce
 from schemas.errors import (
@@ -47,6 +47,25 @@ MIB = 1024 * 1024
 # GDAL reads /vsiaz/ in chunks of this size: fewer, larger range requests (a 16 KiB default makes
 # a 400 MB read ~4x slower against Azurite and costs one request per 16 KiB on Azure).
 GDAL_READ_CHUNK_BYTES = 4 * MIB
+
+# The SDK's default retry policy (its own ExponentialRetry, which ignores ``retry_backoff_factor``)
+# sleeps 15, 18 and 24 s between attempts: during an outage a caller would wait over a minute for an
+# error. Our callers retry at their own level (tasks with backoff, HTTP clients after a 503), so the
+# SDK retries briefly: a refused connection fails in ~2 s, an unanswered one in ~8 s.
+STORAGE_RETRY_TOTAL = 2
+STORAGE_RETRY_BACKOFF_SECONDS = 1
+STORAGE_CONNECT_TIMEOUT_SECONDS = 2
+
+
+def storage_client_options() -> dict[str, Any]:
+    """Retry policy and timeouts for the storage SDK clients this app builds."""
+    return {
+        "retry_policy": LinearRetry(
+            backoff=STORAGE_RETRY_BACKOFF_SECONDS, random_jitter_range=0, retry_total=STORAGE_RETRY_TOTAL
+        ),
+        "connection_timeout": STORAGE_CONNECT_TIMEOUT_SECONDS,
+    }
+
 
 # Azurite's well-known development account (public, documented by Microsoft), for the
 # "UseDevelopmentStorage=true" shorthand, which the SDK understands and GDAL does not.
@@ -170,7 +189,9 @@ class BlobStorage:
     def client(self) -> BlobServiceClient:
         with self._lock:
             if self._client is None:
-                self._client = BlobServiceClient.from_connection_string(self._connection_string)
+                self._client = BlobServiceClient.from_connection_string(
+                    self._connection_string, **storage_client_options()
+                )
             return self._client
 
     # --- containers and properties ------------------------------------------------------------

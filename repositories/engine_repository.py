@@ -34,6 +34,7 @@ from schemas.jobs import (
 
 json_encoding.register()  # strict JSON into jsonb (non-finite floats as strings), for every statement
 
+INSERT_BATCH = 1000  # rows per executemany of a fan-out (bounds the parameters held at once)
 _CLAIM_EXTRA_COLUMNS = ("job_type", "job_parameters", "predecessor_result", "priority")
 
 
@@ -137,25 +138,25 @@ class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
         return [StageRecord.from_row(r) for r in self._all("list_stages", {"job_id": job_id})]
 
     def insert_tasks(self, tasks: Sequence[NewTask], held: Sequence[bool] | None = None) -> None:
-        """Insert task rows as queued, or held where ``held`` says so (max_parallel_tasks)."""
-        if not tasks:
-            return
+        """Insert task rows as queued, or held where ``held`` says so (max_parallel_tasks), in batches
+        of INSERT_BATCH rows within the caller's transaction (a big fan-out stays all-or-nothing)."""
         with self._conn.cursor() as cur:
-            cur.executemany(
-                query("insert_task"),
-                [
-                    {
-                        "task_id": t.task_id,
-                        "job_id": t.job_id,
-                        "stage": t.stage,
-                        "task_key": t.task_key,
-                        "parameters": Jsonb(t.parameters),
-                        "predecessor_task_id": t.predecessor_task_id,
-                        "status": "held" if held and held[i] else "queued",
-                    }
-                    for i, t in enumerate(tasks)
-                ],
-            )
+            for start in range(0, len(tasks), INSERT_BATCH):
+                cur.executemany(
+                    query("insert_task"),
+                    [
+                        {
+                            "task_id": t.task_id,
+                            "job_id": t.job_id,
+                            "stage": t.stage,
+                            "task_key": t.task_key,
+                            "parameters": Jsonb(t.parameters),
+                            "predecessor_task_id": t.predecessor_task_id,
+                            "status": "held" if held and held[start + i] else "queued",
+                        }
+                        for i, t in enumerate(tasks[start : start + INSERT_BATCH])
+                    ],
+                )
 
     def completed_results_of_stage(self, job_id: str, stage: int) -> dict[str, dict[str, Any]]:
         rows = self._all("completed_results_of_stage", {"job_id": job_id, "stage": stage})
@@ -254,22 +255,25 @@ class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
     def add_outbox_messages(
         self, queue: str, bodies: Sequence[dict[str, Any]], job_id: str, delay_seconds: float = 0.0
     ) -> list[OutboxMessage]:
-        if not bodies:
-            return []
+        messages: list[OutboxMessage] = []
         with self._conn.cursor() as cur:
-            cur.executemany(
-                query("insert_outbox"),
-                [{"queue": queue, "body": Jsonb(b), "job_id": job_id, "delay_seconds": delay_seconds} for b in bodies],
-                returning=True,
-            )
-            messages: list[OutboxMessage] = []
-            while True:
-                row: Any = cur.fetchone()
-                if row is not None:
-                    messages.append(OutboxMessage(**row))
-                if not cur.nextset():
-                    break
-            return messages
+            for start in range(0, len(bodies), INSERT_BATCH):
+                batch = bodies[start : start + INSERT_BATCH]
+                cur.executemany(
+                    query("insert_outbox"),
+                    [
+                        {"queue": queue, "body": Jsonb(b), "job_id": job_id, "delay_seconds": delay_seconds}
+                        for b in batch
+                    ],
+                    returning=True,
+                )
+                while True:
+                    row: Any = cur.fetchone()
+                    if row is not None:
+                        messages.append(OutboxMessage(**row))
+                    if not cur.nextset():
+                        break
+        return messages
 
     def pending_outbox_of_job(self, job_id: str, older_than_seconds: float) -> list[OutboxMessage]:
         rows = self._all("pending_outbox_of_job", {"job_id": job_id, "older_than_seconds": older_than_seconds})

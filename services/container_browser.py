@@ -7,10 +7,11 @@ from typing import Any
 
 from repositories.blob_storage import BlobInfo, BlobStorage
 from schemas.blob_names import CONTAINER_NAME_PATTERN, MAX_BLOB_NAME_LENGTH
-from schemas.errors import BlobNotFoundError, InvalidRequestError, NotFoundError
+from schemas.errors import BlobAccessDeniedError, BlobNotFoundError, InvalidRequestError, NotFoundError
 
-# Containers are counted by listing at most this many blobs; past it the count is a lower bound.
-COUNT_CAP = 5000
+# Defaults of CONTAINER_BLOB_COUNT_CAP and CONTAINER_LIST_MAX_LIMIT (schemas/settings.py).
+COUNT_CAP = 1000
+CONTAINER_LIST_MAX_LIMIT = 100
 
 
 def blob_summary(blob: BlobInfo) -> dict[str, Any]:
@@ -23,18 +24,49 @@ def blob_summary(blob: BlobInfo) -> dict[str, Any]:
     }
 
 
+# No blob name holds one (schemas/blob_names.py), so no prefix, suffix or storage token does.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _is_container_name(name: str) -> bool:
+    return 3 <= len(name) <= 63 and re.fullmatch(CONTAINER_NAME_PATTERN, name) is not None
+
+
 class ContainerBrowser:
     def __init__(self, storage: BlobStorage, *, max_limit: int) -> None:
         self._storage = storage
         self._max_limit = max_limit
 
-    def containers(self) -> dict[str, Any]:
-        """Every container with its blob count, exact up to COUNT_CAP blobs (then a lower bound)."""
+    def containers(
+        self,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+        max_limit: int = CONTAINER_LIST_MAX_LIMIT,
+        count_cap: int = COUNT_CAP,
+    ) -> dict[str, Any]:
+        """One page of containers (by name) with their blob counts, exact up to ``count_cap`` blobs
+        (then a lower bound): one listing request of at most ``count_cap`` blobs per container, so
+        a page costs at most ``limit`` of them. ``cursor`` is the last name of the previous page."""
+        details = []
+        if limit is None:
+            limit = min(50, max_limit)
+        elif not 1 <= limit <= max_limit:
+            details.append({"field": "limit", "message": f"must be between 1 and {max_limit}"})
+        if cursor is not None and not _is_container_name(cursor):
+            details.append({"field": "cursor", "message": "not a cursor returned by this API"})
+        if details:
+            raise InvalidRequestError("invalid query parameters", details=details)
+        names = [n for n in self._storage.list_containers() if cursor is None or n > cursor]
         result = []
-        for name in self._storage.list_containers():
-            page, more = self._storage.list_blob_page(name, limit=COUNT_CAP)
+        for name in names[:limit]:
+            try:
+                page, more = self._storage.list_blob_page(name, limit=count_cap)
+            except BlobNotFoundError:  # deleted since it was listed
+                continue
             result.append({"name": name, "blob_count": len(page), "blob_count_is_exact": more is None})
-        return {"containers": result}
+        next_cursor = names[limit - 1] if len(names) > limit else None
+        return {"containers": result, "next_cursor": next_cursor}
 
     def blobs(
         self, container: str, *, prefix: str, suffix: str, limit: int | None, cursor: str | None
@@ -43,16 +75,19 @@ class ContainerBrowser:
         page is filtered after listing, so it can hold fewer than ``limit`` blobs: follow
         ``next_cursor`` until it is null."""
         details = []
-        if not re.match(CONTAINER_NAME_PATTERN, container) or not 3 <= len(container) <= 63:
+        if not _is_container_name(container):
             details.append({"field": "container", "message": "not a valid container name"})
         for field, value in (("prefix", prefix), ("suffix", suffix)):
             if len(value) > MAX_BLOB_NAME_LENGTH:
                 details.append({"field": field, "message": f"at most {MAX_BLOB_NAME_LENGTH} characters"})
+            elif _CONTROL_CHARACTERS.search(value):
+                details.append({"field": field, "message": "must not contain control characters"})
         if limit is None:
             limit = min(100, self._max_limit)
         elif not 1 <= limit <= self._max_limit:
             details.append({"field": "limit", "message": f"must be between 1 and {self._max_limit}"})
-        if cursor is not None and len(cursor) > 4096:
+        # Storage issues its tokens without control characters (Azurite answers 500 to one).
+        if cursor is not None and (len(cursor) > 4096 or _CONTROL_CHARACTERS.search(cursor)):
             details.append({"field": "cursor", "message": "not a cursor returned by this API"})
         if details:
             raise InvalidRequestError("invalid query parameters", details=details)
@@ -60,5 +95,12 @@ class ContainerBrowser:
             page, next_cursor = self._storage.list_blob_page(container, prefix=prefix, limit=limit, continuation=cursor)
         except BlobNotFoundError as exc:
             raise NotFoundError(f"container {container!r} not found") from exc
+        except BlobAccessDeniedError as exc:
+            if cursor is None:
+                raise
+            # Storage refuses a continuation token it did not issue (400 InvalidQueryParameterValue).
+            raise InvalidRequestError(
+                "invalid cursor", details=[{"field": "cursor", "message": "not a cursor returned by this API"}]
+            ) from exc
         blobs = [blob_summary(b) for b in page if not suffix or b.name.endswith(suffix)]
         return {"container": container, "prefix": prefix, "suffix": suffix, "blobs": blobs, "next_cursor": next_cursor}

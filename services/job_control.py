@@ -48,9 +48,6 @@ class JobControl:
                 raise NotFoundError(f"job {job_id} not found")
             if job.status not in RETRYABLE:
                 raise ConflictError(f"job is {job.status}; only {', '.join(RETRYABLE)} jobs can be retried")
-            dependencies = dependency_state(repo, job.depends_on)
-            if dependencies.broken:  # it would wait forever: nothing will ever settle it
-                raise ConflictError(f"job cannot be retried: {dependencies.broken}; retry that job first")
             restarted, outbox = self.restart(repo, job)
         self._relay.publish(outbox)
         return restarted
@@ -60,9 +57,13 @@ class JobControl:
         """Continue the job from its earliest stage with unsuccessful tasks, in the caller's transaction.
 
         Later stages are deleted and re-planned when that stage completes again (their inputs may
-        change). A job that failed before its stage had tasks re-plans that stage.
+        change). A job that failed before its stage had tasks re-plans that stage. A job one of whose
+        dependencies failed or was cancelled is not restarted (ConflictError): it would wait forever.
         """
         locked = repo.lock_job(job.job_id) or job
+        dependencies = dependency_state(repo, locked.depends_on)
+        if dependencies.broken:
+            raise ConflictError(f"job cannot be retried: {dependencies.broken}; retry that job first")
         first_unfinished = repo.earliest_unfinished_stage(job.job_id)
         stage = first_unfinished or locked.stage
         repo.delete_stages_after(job.job_id, stage)

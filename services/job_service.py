@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controllers.registry import JobTypeRegistry
 from repositories.database import Database
-from schemas.errors import InvalidRequestError, NotFoundError
+from schemas.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from schemas.jobs import SATISFIED_DEPENDENCY_STATUSES, JobPriority, JobRecord, JobStatus, TaskRecord, TaskStatus
 from schemas.messages import JobAction
+from services.conflict_retry import retry_on_conflict
 from services.identifiers import job_id_for
 from services.job_control import JobControl
 from services.job_lifecycle import fail_job, queue_job_message
@@ -67,16 +68,36 @@ def encode_cursor(parts: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, Any]:
+def _bad_cursor() -> InvalidRequestError:
+    return InvalidRequestError(
+        "invalid cursor", details=[{"field": "cursor", "message": "not a cursor returned by this API"}]
+    )
+
+
+def decode_cursor(cursor: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """The parts of a cursor made by ``encode_cursor``: exactly ``keys``, each a string Postgres can
+    take (no NUL, no lone surrogate); anything else is a 400 naming ``cursor``."""
     try:
+        if len(cursor) > 4096:
+            raise ValueError("cursor too long")
         parts = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         if not isinstance(parts, dict) or set(parts) != set(keys):
             raise ValueError("unexpected cursor content")
+        for value in parts.values():
+            if not isinstance(value, str) or "\x00" in value:
+                raise ValueError("unexpected cursor value")
+            value.encode("utf-8")
         return parts
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(
-            "invalid cursor", details=[{"field": "cursor", "message": "not a cursor returned by this API"}]
-        ) from exc
+    except (ValueError, binascii.Error, UnicodeError, RecursionError) as exc:
+        raise _bad_cursor() from exc
+
+
+def _cursor_timestamp(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise _bad_cursor() from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class JobService:
@@ -88,6 +109,7 @@ class JobService:
 
     # --- commands -----------------------------------------------------------------------------
 
+    @retry_on_conflict
     def submit(self, job_type: str, body: Any) -> Submission:
         """Validate, derive the id, insert and queue stage 1. Resubmitting returns the existing job;
         resubmitting a failed or cancelled job restarts it (like POST …/retry)."""
@@ -139,7 +161,13 @@ class JobService:
             else:
                 outbox = self._first_messages(repo, job, options.depends_on)
                 created = Submission(job, created=True)
-        self._relay.publish(outbox)
+        if self._relay.publish(outbox) < len(outbox):
+            # Saved with its message in the outbox (the janitor sends it once storage is back); the
+            # caller hears now that queue storage is down, and a resubmission returns this job.
+            raise ServiceUnavailableError(
+                "queue storage unavailable; the job is saved and will be queued when it is back",
+                details=[{"job_id": job_id}],
+            )
         job_logger(logger, job_id).info("job %s: %s", "restarted" if created.restarted else "submitted", job_type)
         return created
 
@@ -192,7 +220,7 @@ class JobService:
         after = None
         if cursor:
             parts = decode_cursor(cursor, ("created_at", "job_id"))
-            after = (datetime.fromisoformat(parts["created_at"]), str(parts["job_id"]))
+            after = (_cursor_timestamp(parts["created_at"]), parts["job_id"])
         with self._db.transaction() as repo:
             jobs = repo.list_jobs(status=status, job_type=job_type, after=after, limit=limit + 1)
         next_cursor = None
@@ -210,7 +238,7 @@ class JobService:
         limit = self._check_limit(limit, details)
         if details:
             raise InvalidRequestError("invalid query parameters", details=details)
-        after = str(decode_cursor(cursor, ("task_id",))["task_id"]) if cursor else None
+        after = decode_cursor(cursor, ("task_id",))["task_id"] if cursor else None
         with self._db.transaction() as repo:
             if repo.get_job(job_id) is None:
                 raise NotFoundError(f"job {job_id} not found")

@@ -58,9 +58,14 @@ class LeaseKeeper:
             return repo.renew_task_leases(claims, self._lease_seconds)
 
     def _run(self) -> None:
+        """Renew every third of the lease; after a failed renewal (Postgres unreachable) try again
+        every second, so the lease (the task's heartbeat) does not lapse while the task is alive."""
         stop = threading.Event()
-        while not stop.wait(self._interval):
+        wait = self._interval
+        while not stop.wait(wait):
             try:
                 self.renew_now()
+                wait = self._interval
             except Exception:
-                logger.warning("could not renew task leases", exc_info=True)
+                logger.warning("could not renew task leases; trying again in 1 s", exc_info=True)
+                wait = min(1.0, self._interval)

@@ -15,9 +15,17 @@ import pybreaker
 import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+from azure.storage.queue import LinearRetry, QueueClient, TextBase64EncodePolicy
 
 logger = logging.getLogger(__name__)
+
+# Explicit retry policy: the SDK's default (its own ExponentialRetry; ``retry_backoff_factor`` has no
+# effect on it) sleeps 15, 18 and 24 s, so a submission during a storage outage hung over a minute.
+# A message that is not sent stays in the outbox (the janitor resends it): retry briefly and report.
+RETRY_TOTAL = 2
+RETRY_BACKOFF_SECONDS = 1
+CONNECT_TIMEOUT_SECONDS = 2
+READ_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,11 @@ class QueuePublisher:
                     queue_name,
                     message_encode_policy=TextBase64EncodePolicy(),
                     transport=self._transport,
-                    retry_total=3,
-                    retry_backoff_factor=0.4,
-                    connection_timeout=10,
-                    read_timeout=30,
+                    retry_policy=LinearRetry(
+                        backoff=RETRY_BACKOFF_SECONDS, random_jitter_range=0, retry_total=RETRY_TOTAL
+                    ),
+                    connection_timeout=CONNECT_TIMEOUT_SECONDS,
+                    read_timeout=READ_TIMEOUT_SECONDS,
                 )
                 with contextlib.suppress(ResourceExistsError):
                     client.create_queue()

@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
 from urllib.parse import urlsplit
 
 import azure.functions as func
 
-from schemas.errors import InvalidRequestError, PayloadTooLargeError
 from services.container import ServiceContainer
-from triggers.http_responses import json_errors, json_response
+from triggers.http_input import INT4_MAX, optional_int, query_text, read_json_body, route_text
+from triggers.http_responses import json_api, json_response
 
-
-def read_json_body(req: func.HttpRequest, max_bytes: int) -> Any:
-    declared = req.headers.get("content-length")
-    body = req.get_body() or b""
-    if len(body) > max_bytes or (declared and declared.isdigit() and int(declared) > max_bytes):
-        raise PayloadTooLargeError(f"request body over the {max_bytes}-byte limit")
-    if not body.strip():
-        return {}
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequestError(
-            "request body is not valid JSON", details=[{"field": "body", "message": str(exc)}]
-        ) from exc
-
-
-def optional_int(req: func.HttpRequest, name: str) -> int | None:
-    raw = req.params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise InvalidRequestError(
-            f"query parameter {name!r} must be an integer", details=[{"field": name, "message": "not an integer"}]
-        ) from exc
+__all__ = ["create_blueprint", "optional_int", "read_json_body", "status_url"]
 
 
 def status_url(req: func.HttpRequest, job_id: str) -> str:
@@ -47,13 +20,15 @@ def status_url(req: func.HttpRequest, job_id: str) -> str:
 
 def create_blueprint(container: ServiceContainer) -> func.Blueprint:
     bp = func.Blueprint()
+    api = json_api(container.settings)
 
     @bp.function_name("submit_job")
     @bp.route(route="jobs/{job_type}", methods=["POST"])
-    @json_errors
+    @api
     def submit_job(req: func.HttpRequest) -> func.HttpResponse:
+        job_type = route_text(req, "job_type")
         body = read_json_body(req, container.settings.max_request_bytes)
-        submission = container.job_service.submit(req.route_params["job_type"], body)
+        submission = container.job_service.submit(job_type, body)
         job = submission.job
         payload = {
             "job_id": job.job_id,
@@ -66,49 +41,49 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
 
     @bp.function_name("get_job")
     @bp.route(route="jobs/{job_id}", methods=["GET"])
-    @json_errors
+    @api
     def get_job(req: func.HttpRequest) -> func.HttpResponse:
-        return json_response(container.job_service.job_status(req.route_params["job_id"]))
+        return json_response(container.job_service.job_status(route_text(req, "job_id")))
 
     @bp.function_name("list_jobs")
     @bp.route(route="jobs", methods=["GET"])
-    @json_errors
+    @api
     def list_jobs(req: func.HttpRequest) -> func.HttpResponse:
         page = container.job_service.list_jobs(
-            status=req.params.get("status") or None,
-            job_type=req.params.get("job_type") or None,
+            status=query_text(req, "status"),
+            job_type=query_text(req, "job_type"),
             limit=optional_int(req, "limit"),
-            cursor=req.params.get("cursor") or None,
+            cursor=query_text(req, "cursor"),
         )
         return json_response(page)
 
     @bp.function_name("list_job_tasks")
     @bp.route(route="jobs/{job_id}/tasks", methods=["GET"])
-    @json_errors
+    @api
     def list_job_tasks(req: func.HttpRequest) -> func.HttpResponse:
         page = container.job_service.list_tasks(
-            req.route_params["job_id"],
-            stage=optional_int(req, "stage"),
-            status=req.params.get("status") or None,
+            route_text(req, "job_id"),
+            stage=optional_int(req, "stage", minimum=1, maximum=INT4_MAX),
+            status=query_text(req, "status"),
             limit=optional_int(req, "limit"),
-            cursor=req.params.get("cursor") or None,
+            cursor=query_text(req, "cursor"),
         )
         return json_response(page)
 
     @bp.function_name("cancel_job")
     @bp.route(route="jobs/{job_id}/cancel", methods=["POST"])
-    @json_errors
+    @api
     def cancel_job(req: func.HttpRequest) -> func.HttpResponse:
-        job = container.job_control.cancel(req.route_params["job_id"])
+        job = container.job_control.cancel(route_text(req, "job_id"))
         return json_response(
             {"job_id": job.job_id, "status": str(job.status), "status_url": status_url(req, job.job_id)}
         )
 
     @bp.function_name("retry_job")
     @bp.route(route="jobs/{job_id}/retry", methods=["POST"])
-    @json_errors
+    @api
     def retry_job(req: func.HttpRequest) -> func.HttpResponse:
-        job = container.job_control.retry(req.route_params["job_id"])
+        job = container.job_control.retry(route_text(req, "job_id"))
         payload = {
             "job_id": job.job_id,
             "status": str(job.status),
@@ -119,7 +94,7 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
 
     @bp.function_name("list_job_types")
     @bp.route(route="job-types", methods=["GET"])
-    @json_errors
+    @api
     def list_job_types(req: func.HttpRequest) -> func.HttpResponse:
         return json_response({"job_types": container.job_service.job_types()})
 

@@ -7,9 +7,11 @@ import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.functions as func
 
+from repositories.database import request_acquire_timeout
 from schemas.errors import (
     ConflictError,
     DatabaseUnavailableError,
@@ -19,7 +21,11 @@ from schemas.errors import (
     RepositoryError,
     RequestError,
     ServiceUnavailableError,
+    StorageUnavailableError,
+    ThrottlingError,
+    TransactionConflictError,
 )
+from schemas.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,10 @@ STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (PayloadTooLargeError, 413),
     (ServiceUnavailableError, 503),
     (DatabaseUnavailableError, 503),
+    (StorageUnavailableError, 503),
+    (ThrottlingError, 503),
+    # A transaction that still lost its race after the service's own quick retries: try again soon.
+    (TransactionConflictError, 503),
     (RepositoryError, 500),
 )
 
@@ -69,16 +79,45 @@ def error_response(exc: Exception) -> func.HttpResponse:
 HttpHandler = Callable[[func.HttpRequest], func.HttpResponse]
 
 
+def route_path(req: func.HttpRequest) -> str:
+    """The request's path without its query string (which may hold ``code=<function key>``)."""
+    try:
+        return urlsplit(req.url).path or "/"
+    except ValueError:
+        return "/"
+
+
 def json_errors(handler: HttpHandler) -> HttpHandler:
-    """Turn raised errors into JSON responses via STATUS_CODES; log unexpected ones."""
+    """Turn raised errors into JSON responses via STATUS_CODES; log unexpected ones (route path only,
+    never the URL: its query string may carry a function key)."""
 
     @wraps(handler)
     def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         try:
             return handler(req)
         except Exception as exc:
-            if status_code_for(exc) >= 500:
-                logger.exception("%s %s failed", req.method, req.url)
+            code = status_code_for(exc)
+            if code == 503:
+                logger.warning("%s %s unavailable: %s", req.method, route_path(req), exc)
+            elif code >= 500:
+                logger.exception("%s %s failed", req.method, route_path(req))
             return error_response(exc)
 
     return wrapper
+
+
+def json_api(settings: Settings) -> Callable[[HttpHandler], HttpHandler]:
+    """``json_errors`` plus the HTTP path's Postgres policy: a connection is awaited at most
+    DB_HTTP_ACQUIRE_TIMEOUT_SECONDS (then 503), so callers learn of an outage at once."""
+
+    def decorate(handler: HttpHandler) -> HttpHandler:
+        guarded = json_errors(handler)
+
+        @wraps(handler)
+        def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+            with request_acquire_timeout(settings.db_http_acquire_timeout_seconds):
+                return guarded(req)
+
+        return wrapper
+
+    return decorate

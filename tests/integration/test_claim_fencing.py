@@ -82,7 +82,7 @@ class GatedJob(JobController[GatedParams]):
 
 @pytest.fixture
 def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
-    return make_settings(azurite_connection_string, postgres_database, task_max_attempts=5)
+    return make_settings(azurite_connection_string, postgres_database, task_max_attempts=5, task_lease_seconds=300)
 
 
 @pytest.fixture

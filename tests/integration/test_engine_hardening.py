@@ -178,6 +178,8 @@ def test_a_job_whose_dependency_failed_cannot_be_retried_into_a_wait_that_never_
     assert container.job_service.job_status(dependent)["status"] == "failed"
     with pytest.raises(ConflictError, match=f"dependency {dependency} ended failed: broken input"):
         container.job_control.retry(dependent)
+    with pytest.raises(ConflictError, match=f"dependency {dependency} ended failed"):  # resubmitting restarts too
+        container.job_service.submit("hello_world", {"n": 1, "depends_on": [dependency]})
     assert container.job_service.job_status(dependent)["status"] == "failed"
 
 
