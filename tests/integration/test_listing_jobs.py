@@ -10,7 +10,6 @@ import math
 import posixpath
 import secrets
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,20 +48,6 @@ class Uploaded:
 @pytest.fixture(scope="module")
 def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database)
-
-
-@pytest.fixture(scope="module")
-def container(settings: Settings) -> Iterator[ServiceContainer]:
-    services = make_container(settings)
-    yield services
-    services.close()
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings) -> BlobStorage:
-    blobs = BlobStorage(settings.storage_connection_string.get_secret_value())
-    blobs.ensure_container("bronze")
-    return blobs
 
 
 def local_files(folder: Path) -> dict[str, tuple[Path, str]]:

@@ -8,7 +8,7 @@ import json
 import posixpath
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from services.raster.inspect import inspect_dataset
 from services.raster.pipeline import BlobRef, convert_tile
 from services.raster.tiling import MIB, TaskMemoryModel, TileWindow
 from tests.support import rasters
-from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql
+from tests.support.engine import QueuePump, job_is_terminal, make_settings, sql
 from tests.support.stac_schemas import stac_errors
 
 pytestmark = pytest.mark.integration
@@ -57,13 +57,6 @@ def settings(azurite_connection_string: str, postgres_database: PostgresDatabase
         raster_task_memory_budget_bytes=TEST_BUDGET,
         raster_worker_baseline_bytes=0,
     )
-
-
-@pytest.fixture(scope="module")
-def container(settings: Settings) -> Iterator[ServiceContainer]:
-    services = make_container(settings)
-    yield services
-    services.close()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 import posixpath
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.inventory.catalog import DuplicateItemIdError, item_id_for, publish_in_place_catalog
 from tests.support import rasters
-from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings
+from tests.support.engine import QueuePump, job_is_terminal, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +46,6 @@ def colliding_names(prefix: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(azurite_connection_string, postgres_database)
-
-
-@pytest.fixture(scope="module")
-def container(settings: Settings) -> Iterator[ServiceContainer]:
-    services = make_container(settings)
-    yield services
-    services.close()
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings) -> BlobStorage:
-    blobs = BlobStorage(settings.storage_connection_string.get_secret_value())
-    blobs.ensure_container("bronze")
-    return blobs
 
 
 def run_job(container: ServiceContainer, params: dict[str, Any], job_type: str) -> dict[str, Any]:

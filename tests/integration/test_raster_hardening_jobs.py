@@ -5,7 +5,6 @@ good one is stored resolved in the job's parameters."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.raster.tiling import TaskMemoryModel
 from tests.support import rasters
-from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql
+from tests.support.engine import QueuePump, job_is_terminal, make_settings, sql
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +38,6 @@ def settings(azurite_connection_string: str, postgres_database: PostgresDatabase
         raster_task_memory_budget_bytes=BUDGET,
         raster_worker_baseline_bytes=0,
     )
-
-
-@pytest.fixture(scope="module")
-def container(settings: Settings) -> Iterator[ServiceContainer]:
-    services = make_container(settings)
-    yield services
-    services.close()
-
-
-@pytest.fixture(scope="module")
-def storage(settings: Settings) -> BlobStorage:
-    blobs = BlobStorage(settings.storage_connection_string.get_secret_value())
-    blobs.ensure_container("bronze")
-    return blobs
 
 
 def run_job(container: ServiceContainer, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
