@@ -130,7 +130,9 @@ def write_self_contained(collection: pystac.Collection, directory: Path) -> list
     Absolute asset hrefs that point inside the same tree (set them as local paths in the same
     namespace) are made relative too, so the catalog can be moved as a whole.
     """
-    collection.normalize_hrefs(str(directory))
+    # The trailing separator marks a directory: pystac takes a root href with a dot in its last part
+    # (a collection id such as "alpha.v2") for a file and would write the catalog one level up.
+    collection.normalize_hrefs(f"{directory}/")
     collection.make_all_asset_hrefs_relative()
     collection.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     return sorted(directory.rglob("*.json"))

@@ -299,3 +299,22 @@ def test_the_devstack_demo_raster_converts(container: ServiceContainer, settings
     assert status["status"] == "completed", status["error"]
     assert status["result"]["outputs"]["cogs"][0]["blob"] == "cogs/samples/terrain/tile_r0_c0.tif"
     assert status["result"]["outputs"]["stac_collection"]["blob"] == "stac/samples-terrain/collection.json"
+
+
+@pytest.mark.parametrize("explicit_id", [False, True])
+def test_a_dot_in_the_collection_id_keeps_the_catalog_in_its_own_folder(
+    explicit_id: bool, container: ServiceContainer, storage: BlobStorage, run_id: str, tmp_path: Path
+) -> None:
+    """RGB.byte.tif (a derived id with a dot) and an explicit "….v2" id: pystac took such a path for a
+    file and wrote the catalog one level up, so the STAC stage failed (issue 12, item 1)."""
+    blob = f"it-{run_id}-{explicit_id}/RGB.byte.tif"
+    storage.upload_file("bronze", blob, rasters.uint8_rgb(tmp_path / "rgb.tif"), content_type="image/tiff")
+    extra = {"collection_id": f"it-{run_id}.v2"} if explicit_id else {}
+    [status] = run_jobs(container, [{"blob_name": blob, **extra}])
+    assert status["status"] == "completed", status.get("error")
+    collection_blob = status["result"]["outputs"]["stac_collection"]["blob"]
+    collection_id = json.loads(storage.download_range("silver", collection_blob))["id"]
+    assert "." in collection_id and collection_blob == f"stac/{collection_id}/collection.json"
+    for ref in status["result"]["outputs"]["stac_items"]:
+        assert ref["blob"].startswith(f"stac/{collection_id}/")
+        assert stac_errors(json.loads(storage.download_range("silver", ref["blob"]))) == []
