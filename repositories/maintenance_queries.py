@@ -38,3 +38,8 @@ class MaintenanceQueries(NamedQueries):
 
     def delete_old_dead_letters(self, hours: float) -> int:
         return self._run("delete_old_dead_letters", {"hours": hours})
+
+    def applied_migration_version(self) -> int:
+        """The newest migration applied to this schema (health: compared with the code's)."""
+        row = self._one("applied_migration_version", {})
+        return int(row["version"]) if row else 0

@@ -20,6 +20,7 @@ from services.circuit_breakers import counts_database_outage, counts_storage_out
 from services.container_browser import ContainerBrowser
 from services.dead_letters import DeadLetterHandler
 from services.deferral import MessageDeferral
+from services.health import HealthCheck, HealthTargets
 from services.janitor import Janitor, JanitorOptions
 from services.job_control import JobControl
 from services.job_orchestrator import JobOrchestrator
@@ -168,11 +169,20 @@ class ServiceContainer:
         )
         return self._once("janitor", lambda: Janitor(self.db, self.registry, self.relay, self.publisher, options))
 
+    @property
+    def health(self) -> HealthCheck:
+        s = self.settings
+        targets = HealthTargets(job_queue=s.job_queue, containers=(s.bronze_container, s.silver_container))
+        return self._once("health", lambda: HealthCheck(self.db, self.publisher, self.blob_storage, targets))
+
     def close(self) -> None:
         with self._lock:
             publisher = self._instances.pop("publisher", None)
             db = self._instances.pop("db", None)
+            health = self._instances.pop("health", None)
             self._instances.clear()
+        if isinstance(health, HealthCheck):
+            health.close()
         if isinstance(publisher, QueuePublisher):
             publisher.close()
         if isinstance(db, Database):

@@ -359,3 +359,6 @@ UPDATE blob_chunks SET results = %(results)s, updated_at = now()
 -- name: list_blob_chunk_keys
 SELECT chunk_key, blob_count, results IS NOT NULL AS done
   FROM blob_chunks WHERE job_id = %(job_id)s ORDER BY chunk_key;
+
+-- name: applied_migration_version
+SELECT coalesce(max(version), 0) AS version FROM schema_migrations;

@@ -149,6 +149,9 @@ def start_host(
             with urllib.request.urlopen(f"{host.base_url}/job-types", timeout=2) as resp:
                 if resp.status == 200:
                     return host
+        except urllib.error.HTTPError as error:
+            if error.code == 401:  # up, and requiring a function key (LOCAL_HOST_REQUIRE_FUNCTION_KEY)
+                return host
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.2)
