@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +34,7 @@ from devstack.postgres import (
 from schemas.settings import Settings
 from services.container import ServiceContainer
 from tests.support.engine import make_container, make_settings
-from tests.support.host import PROJECT_ROOT, RunningHost, settings_environment
+from tests.support.host import PROJECT_ROOT, RunningHost, start_host
 from triggers import http_containers, http_jobs
 
 pytestmark = pytest.mark.integration
@@ -168,41 +166,14 @@ def test_postgres_outage_fails_fast_and_recovers_fast(
 
 
 def start_keyed_host(settings: Settings, key: str, log_path: Path) -> RunningHost:
-    """The local host requiring ``key`` (tests/support/host.start_host polls without a key)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        **settings_environment(settings),
+    """The local host requiring ``key``, with short Postgres waits."""
+    extra = {
         "LOCAL_HOST_REQUIRE_FUNCTION_KEY": "true",
         "LOCAL_HOST_FUNCTION_KEY": key,
         "DB_HTTP_ACQUIRE_TIMEOUT_SECONDS": "1",
         "DB_POOL_TIMEOUT_SECONDS": "2",  # (before the HTTP acquire timeout existed, this bounded the wait)
     }
-    log = open(log_path, "wb")  # noqa: SIM115 - owned by the child process
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "local_host", "start", "--app-dir", str(PROJECT_ROOT), "--workers", "1"),
-            *("--port", str(port), "--settings", str(log_path.with_suffix(".no-settings.json"))),
-            *("--state-file", str(log_path.with_suffix(".state.json")), "--grace-seconds", "5"),
-        ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    host = RunningHost(process, port, log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{host.base_url}/job-types?code={key}", timeout=2) as resp:
-                if resp.status == 200:
-                    return host
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    host.stop()
-    raise RuntimeError(f"host not ready after 60s: {log_path.read_text()[-3000:]}")
+    return start_host(settings, workers=1, log_path=log_path, extra_env=extra)
 
 
 def app_log_records(log_path: Path) -> list[dict[str, Any]]:
