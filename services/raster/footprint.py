@@ -8,11 +8,15 @@ becomes the band between its lowest latitude and that pole, over all longitudes.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from affine import Affine
+from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio.errors does not re-export it
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rasterio.warp import transform as transform_points
 
 Point = tuple[float, float]
@@ -84,10 +88,34 @@ def _polygon(ring: Sequence[Point]) -> list[list[list[float]]]:
     return [_closed_ccw(ring)]
 
 
+_OFF_EARTH = (
+    "part of its outline lies off the Earth (corners in space, e.g. a geostationary full disk): "
+    "its WGS 84 footprint is undefined"
+)
+
+
+class FootprintError(ValueError):
+    """The raster has no footprint in WGS 84: its CRS cannot be transformed to it (another body than
+    the Earth), or its outline lies off the Earth. Deterministic: retrying cannot help."""
+
+
 def footprint_wgs84(crs: CRS, transform: Affine, width: int, height: int) -> tuple[dict[str, Any], BBox]:
-    """(GeoJSON geometry, bbox) of the raster in EPSG:4326."""
+    """(GeoJSON geometry, bbox) of the raster in EPSG:4326; FootprintError when it has none."""
     native = outline(transform, width, height)
-    lons, lats = transform_points(crs, WGS84, [p[0] for p in native], [p[1] for p in native])
+    center = transform * (width / 2, height / 2)
+    try:
+        transform_points(crs, WGS84, [center[0]], [center[1]])
+    except (CPLE_BaseError, RasterioError) as exc:  # PROJ found no operation between the two CRSs
+        raise FootprintError(
+            f"its CRS ({_crs_name(crs)}) cannot be transformed to WGS 84 (EPSG:4326), "
+            "e.g. a CRS of another body than the Earth"
+        ) from exc
+    try:
+        lons, lats = transform_points(crs, WGS84, [p[0] for p in native], [p[1] for p in native])
+    except (CPLE_BaseError, RasterioError) as exc:  # the CRS transforms, but not every outline point does
+        raise FootprintError(_OFF_EARTH) from exc
+    if not all(math.isfinite(v) for v in (*lons, *lats)):
+        raise FootprintError(_OFF_EARTH)
     ring = unwrap_longitudes(list(zip(lons, lats, strict=True)))
     south, north = min(lat for _, lat in ring), max(lat for _, lat in ring)
     # Going once round the ring (back to its first point the short way) turns by 0° normally and
@@ -111,6 +139,14 @@ def footprint_wgs84(crs: CRS, transform: Affine, width: int, height: int) -> tup
     western = clip_to_longitudes([(lon - 360.0, lat) for lon, lat in ring], -180.0, east - 360.0)
     geometry = {"type": "MultiPolygon", "coordinates": [_polygon(eastern), _polygon(western)]}
     return geometry, (bbox_values[0], bbox_values[1], round(east - 360.0, _DIGITS), bbox_values[3])
+
+
+def _crs_name(crs: CRS) -> str:
+    """A short name for a CRS (EPSG code, else its WKT name), never a multi-kB WKT or PROJJSON dump."""
+    if crs.to_epsg():
+        return f"EPSG:{crs.to_epsg()}"
+    match = re.match(r'\s*[A-Z]+\["([^"]{1,80})', crs.to_wkt())
+    return match.group(1) if match else "a custom CRS"
 
 
 def _bbox_geometry(bbox: BBox) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from rasterio.io import DatasetReader
 
 from schemas.errors import PermanentTaskError
 from services.raster.crs import CrsInputError, crs_from_text
-from services.raster.footprint import footprint_wgs84
+from services.raster.footprint import FootprintError, footprint_wgs84
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 MAX_SIDE_PIXELS = 1_000_000
@@ -197,7 +197,10 @@ def inspect_dataset(dataset: DatasetReader, *, assume_crs: str | None = None) ->
     check_size_and_type(dataset)
     transform = check_geotransform(dataset)
     crs, assumed = resolve_crs(dataset.crs, assume_crs)
-    footprint, bbox = footprint_wgs84(crs, transform, dataset.width, dataset.height)
+    try:
+        footprint, bbox = footprint_wgs84(crs, transform, dataset.width, dataset.height)
+    except FootprintError as exc:
+        raise UnsupportedRasterError(f"has no WGS 84 footprint: {exc}") from exc
     colormap = colormap_of(dataset)
     left, bottom, right, top = dataset.bounds
     bands = tuple(

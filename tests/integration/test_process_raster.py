@@ -194,6 +194,8 @@ BAD_SOURCES: dict[str, tuple[Callable[[Path], Path] | None, dict[str, Any], str]
     "no_crs": (rasters.no_crs, {}, "has no CRS; pass assume_crs"),
     "rotated": (rasters.rotated, {}, "rotated or sheared geotransform"),
     "jpeg_float": (rasters.float32_nodata_nan, {"compression": "jpeg"}, "compression 'jpeg' needs uint8 data"),
+    "non_earth": (rasters.non_earth, {}, "(Mars (2015) - Sphere / Ocentric) cannot be transformed to WGS 84"),
+    "off_earth": (rasters.off_earth, {}, "outline lies off the Earth"),
 }
 
 

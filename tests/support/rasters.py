@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine, from_origin
 
@@ -136,3 +137,24 @@ def empty(path: Path) -> Path:
 def not_a_raster(path: Path) -> Path:
     path.write_text("station,lat,lon\nA,50.1,8.6\n")
     return path
+
+
+MARS_2015 = (
+    'GEOGCRS["Mars (2015) - Sphere / Ocentric",DATUM["Mars (2015) - Sphere",ELLIPSOID["Mars (2015) - Sphere",'
+    '3396190,0,LENGTHUNIT["metre",1]]],PRIMEM["Reference Meridian",0,ANGLEUNIT["degree",0.0174532925199433]],'
+    'CS[ellipsoidal,2],AXIS["geodetic latitude (Lat)",north,ORDER[1],ANGLEUNIT["degree",0.0174532925199433]],'
+    'AXIS["geodetic longitude (Lon)",east,ORDER[2],ANGLEUNIT["degree",0.0174532925199433]]]'
+)
+
+
+def non_earth(path: Path) -> Path:
+    """Georeferenced on Mars: PROJ has no operation to the Earth's WGS 84."""
+    data = np.full((1, 64, 64), 7, dtype="uint8")
+    return _write(path, data, crs=CRS.from_wkt(MARS_2015), transform=from_origin(10, 20, 0.1, 0.1))
+
+
+def off_earth(path: Path) -> Path:
+    """A geostationary full disk: the grid's corners look past the Earth into space."""
+    data = np.full((1, 64, 64), 3, dtype="uint8")
+    geos = CRS.from_proj4("+proj=geos +h=35785831 +lon_0=-75 +sweep=x +ellps=GRS80 +units=m +no_defs")
+    return _write(path, data, crs=geos, transform=from_origin(-5_500_000, 5_500_000, 171_875, 171_875))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-from services.raster.footprint import footprint_wgs84, union_bbox, unwrap_longitudes
+from services.raster.footprint import FootprintError, footprint_wgs84, union_bbox, unwrap_longitudes
+from tests.support import rasters
 
 
 def test_a_utm_raster_gets_a_polygon_inside_its_zone() -> None:
@@ -64,3 +68,16 @@ def test_union_of_bboxes_takes_the_short_way_round(
     boxes: list[tuple[float, float, float, float]], expected: tuple[float, float, float, float]
 ) -> None:
     assert union_bbox(boxes) == pytest.approx(expected)
+
+
+def test_a_crs_of_another_body_has_no_footprint_and_the_reason_is_short(tmp_path: Path) -> None:
+    with rasterio.open(rasters.non_earth(tmp_path / "mars.tif")) as dataset, pytest.raises(FootprintError) as caught:
+        footprint_wgs84(dataset.crs, dataset.transform, dataset.width, dataset.height)
+    message = str(caught.value)
+    assert "Mars (2015) - Sphere / Ocentric" in message and len(message) < 200  # no WKT/PROJJSON dump
+
+
+def test_an_outline_off_the_earth_has_no_footprint(tmp_path: Path) -> None:
+    disk = rasters.off_earth(tmp_path / "disk.tif")
+    with rasterio.open(disk) as dataset, pytest.raises(FootprintError, match="lies off the Earth"):
+        footprint_wgs84(dataset.crs, dataset.transform, dataset.width, dataset.height)
