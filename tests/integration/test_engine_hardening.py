@@ -26,7 +26,7 @@ from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.dead_letters import ReceivedMessage
 from services.job_lifecycle import complete_job, queue_job_message
-from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql
+from tests.support.engine import make_container, make_settings, pump_until_terminal, sql
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +82,7 @@ def container(settings: Settings) -> Iterator[ServiceContainer]:
 
 
 def run(container: ServiceContainer, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    pump = QueuePump(container)
-    try:
-        pump.run_until(job_is_terminal(container, job_id), timeout=timeout)
-    finally:
-        pump.close()
-    return container.job_service.job_status(job_id)
+    return pump_until_terminal(container, job_id, timeout=timeout)
 
 
 def execute(settings: Settings, statement: str, params: tuple[Any, ...] = ()) -> None:

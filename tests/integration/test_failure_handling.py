@@ -20,7 +20,15 @@ from schemas.messages import JobAction, JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.dead_letters import ReceivedMessage
-from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, queue_client, sql
+from tests.support.engine import (
+    QueuePump,
+    job_is_terminal,
+    make_container,
+    make_settings,
+    pump_until_terminal,
+    queue_client,
+    sql,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -92,12 +100,7 @@ def run(container: ServiceContainer, job_type: str, body: dict[str, Any], timeou
 
 
 def pump_until_done(container: ServiceContainer, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    pump = QueuePump(container)
-    try:
-        pump.run_until(job_is_terminal(container, job_id), timeout=timeout)
-    finally:
-        pump.close()
-    return container.job_service.job_status(job_id)
+    return pump_until_terminal(container, job_id, timeout=timeout)
 
 
 @pytest.mark.parametrize(("limit", "expected"), [(0.5, "completed_with_errors"), (0.2, "failed")])

@@ -20,7 +20,13 @@ from repositories.database import Database
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
-from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, queue_client, sql
+from tests.support.engine import (
+    make_container,
+    make_settings,
+    pump_until_terminal,
+    queue_client,
+    sql,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -88,12 +94,7 @@ def drain(settings: Settings, queue: str) -> int:
 
 
 def finish(container: ServiceContainer, job_id: str, janitor_every: float | None = None, timeout: float = 60) -> dict:
-    pump = QueuePump(container, janitor_every=janitor_every)
-    try:
-        pump.run_until(job_is_terminal(container, job_id), timeout=timeout)
-    finally:
-        pump.close()
-    return container.job_service.job_status(job_id)
+    return pump_until_terminal(container, job_id, timeout=timeout, janitor_every=janitor_every)
 
 
 def test_unsent_outbox_rows_are_republished(container: ServiceContainer, settings: Settings) -> None:

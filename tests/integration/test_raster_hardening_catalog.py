@@ -20,7 +20,7 @@ from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.inventory.catalog import DuplicateItemIdError, item_id_for, publish_in_place_catalog
 from tests.support import rasters
-from tests.support.engine import QueuePump, job_is_terminal, make_settings
+from tests.support.engine import make_settings, pump_until_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -50,12 +50,7 @@ def settings(azurite_connection_string: str, postgres_database: PostgresDatabase
 
 def run_job(container: ServiceContainer, params: dict[str, Any], job_type: str) -> dict[str, Any]:
     job_id = container.job_service.submit(job_type, params).job.job_id
-    pump = QueuePump(container, workers=2)
-    try:
-        pump.run_until(job_is_terminal(container, job_id), timeout=60)
-    finally:
-        pump.close()
-    return container.job_service.job_status(job_id)
+    return pump_until_terminal(container, job_id, workers=2)
 
 
 def test_names_that_collided_before_get_distinct_items(

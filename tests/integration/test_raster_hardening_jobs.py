@@ -20,7 +20,7 @@ from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.raster.tiling import TaskMemoryModel
 from tests.support import rasters
-from tests.support.engine import QueuePump, job_is_terminal, make_settings, sql
+from tests.support.engine import make_settings, pump_until_terminal, sql
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +42,7 @@ def settings(azurite_connection_string: str, postgres_database: PostgresDatabase
 
 def run_job(container: ServiceContainer, job_type: str, params: dict[str, Any]) -> dict[str, Any]:
     job_id = container.job_service.submit(job_type, params).job.job_id
-    pump = QueuePump(container, workers=2)
-    try:
-        pump.run_until(job_is_terminal(container, job_id), timeout=60)
-    finally:
-        pump.close()
-    return container.job_service.job_status(job_id)
+    return pump_until_terminal(container, job_id, workers=2)
 
 
 def sparse_raster(path: Path, side: int = 4096) -> Path:

@@ -152,6 +152,23 @@ class QueuePump:
         self._copies.shutdown(wait=True)
 
 
+def pump_until_terminal(
+    container: ServiceContainer,
+    job_id: str,
+    *,
+    timeout: float = 60.0,
+    workers: int = 8,
+    janitor_every: float | None = None,
+) -> dict[str, Any]:
+    """Deliver queued messages (like the host) until the job is terminal; its status document."""
+    pump = QueuePump(container, workers=workers, janitor_every=janitor_every)
+    try:
+        pump.run_until(job_is_terminal(container, job_id), timeout=timeout)
+    finally:
+        pump.close()
+    return container.job_service.job_status(job_id)
+
+
 def job_is_terminal(container: ServiceContainer, job_id: str) -> Callable[[], bool]:
     def check() -> bool:
         try:
