@@ -346,12 +346,13 @@ def test_the_poison_purge_does_not_count_deliveries_of_fresh_poison_messages(
     from tests.support.engine import queue_client
 
     poison = queue_client(settings, f"{settings.task_queue}-poison")
-    poison.send_message(base64.b64encode(b'{"old": true}').decode())
-    time.sleep(1.2)
-    for i in range(2):
-        poison.send_message(base64.b64encode(f'{{"fresh": {i}}}'.encode()).decode())
-    expiring = make_container(settings.model_copy(update={"poison_retention_hours": 1 / 3600}))
+    # Storage keeps insertion times to the second: the ages are kept well apart from the retention.
+    expiring = make_container(settings.model_copy(update={"poison_retention_hours": 4 / 3600}))
     try:
+        poison.send_message(base64.b64encode(b'{"old": true}').decode())
+        time.sleep(5.5)
+        for i in range(2):
+            poison.send_message(base64.b64encode(f'{{"fresh": {i}}}'.encode()).decode())
         assert expiring.janitor.purge_old_poison_messages() == 1
     finally:
         expiring.close()
