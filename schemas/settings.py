@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from schemas.blob_names import ContainerName
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9]|-[a-z0-9]){1,61}[a-z0-9]?$"
 DEFAULT_MAX_TASKS_PER_STAGE = 10_000  # MAX_TASKS_PER_STAGE
+POSTGRES_ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
+# Containers of the Functions host itself (keys, leases, timers): never listed, read or written by jobs.
+HOST_CONTAINER_PREFIX = "azure-webjobs-"
+
+ContainerList = Annotated[tuple[ContainerName, ...], NoDecode]
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
 
 
 class Settings(BaseSettings):
@@ -17,10 +28,38 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
 
-    # Storage (queues, blobs). The Functions host reads the same connection for queue triggers.
+    # Host storage (queues; the Functions host's own state): a connection string (Azurite, local) or,
+    # in Azure, identity-based: AzureWebJobsStorage__accountName, or __queueServiceUri + __blobServiceUri.
     storage_connection_string: SecretStr = Field(
-        validation_alias=AliasChoices("AzureWebJobsStorage", "AZUREWEBJOBSSTORAGE", "storage_connection_string"),
+        default=SecretStr(""),
+        validation_alias=_alias("AzureWebJobsStorage", "storage_connection_string"),
     )
+    storage_account_name: str | None = Field(
+        default=None, validation_alias=_alias("AzureWebJobsStorage__accountName", "storage_account_name")
+    )
+    storage_queue_service_uri: str | None = Field(
+        default=None, validation_alias=_alias("AzureWebJobsStorage__queueServiceUri", "storage_queue_service_uri")
+    )
+    storage_blob_service_uri: str | None = Field(
+        default=None, validation_alias=_alias("AzureWebJobsStorage__blobServiceUri", "storage_blob_service_uri")
+    )
+    # Data storage (bronze/silver; jobs read and write here). Unset: the host storage account.
+    data_storage_connection_string: SecretStr = Field(
+        default=SecretStr(""), validation_alias=_alias("DATA_STORAGE", "data_storage_connection_string")
+    )
+    data_storage_account_name: str | None = Field(
+        default=None, validation_alias=_alias("DATA_STORAGE__accountName", "data_storage_account_name")
+    )
+    data_storage_blob_service_uri: str | None = Field(
+        default=None, validation_alias=_alias("DATA_STORAGE__blobServiceUri", "data_storage_blob_service_uri")
+    )
+    # Client id of the user-assigned managed identity (DefaultAzureCredential); unset: system-assigned.
+    azure_client_id: str | None = Field(default=None, validation_alias=_alias("AZURE_CLIENT_ID", "azure_client_id"))
+    # Containers jobs may read (INPUT_CONTAINERS) and write (OUTPUT_CONTAINERS), comma-separated;
+    # unset: BRONZE_CONTAINER and SILVER_CONTAINER alone. Container browsing lists both sets.
+    # azure-webjobs-* (the host's own) are never allowed.
+    input_containers: ContainerList = ()
+    output_containers: ContainerList = ()
     job_queue: str = Field(default="geospatial-jobs", pattern=QUEUE_NAME_PATTERN)
     task_queue: str = Field(default="geospatial-tasks", pattern=QUEUE_NAME_PATTERN)
     high_priority_task_queue: str = Field(default="geospatial-tasks-high", pattern=QUEUE_NAME_PATTERN)
@@ -32,6 +71,18 @@ class Settings(BaseSettings):
     postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     postgres_sslmode: str = "prefer"
+    # password: POSTGRES_PASSWORD, or the Key Vault secret POSTGRES_PASSWORD_SECRET_NAME when set;
+    # entra: an access token of the app's managed identity, fetched for each new connection.
+    postgres_auth: Literal["password", "entra"] = "password"
+    postgres_password_secret_name: str | None = Field(default=None, pattern=r"^[0-9A-Za-z-]{1,127}$")
+    postgres_entra_scope: str = POSTGRES_ENTRA_SCOPE
+    # Behind PgBouncer in transaction mode: no server-side prepared statements.
+    postgres_pgbouncer: bool = False
+    # Connection budget: with both set, DB_POOL_MAX_SIZE * APP_MAX_INSTANCES must fit in
+    # POSTGRES_MAX_CONNECTIONS less POSTGRES_RESERVED_CONNECTIONS (admin, migrations, other clients).
+    postgres_max_connections: int | None = Field(default=None, ge=1)
+    postgres_reserved_connections: int = Field(default=10, ge=0)
+    app_max_instances: int | None = Field(default=None, ge=1)
     postgres_schema: str = Field(default="geoetl", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
@@ -98,7 +149,82 @@ class Settings(BaseSettings):
     # job that would need more fails at planning with a one-line reason naming what to raise.
     max_tasks_per_stage: int = Field(default=DEFAULT_MAX_TASKS_PER_STAGE, ge=1, le=100_000)
 
+    # Key Vault (RBAC): secrets named by *_SECRET_NAME settings are read from it, cached this long.
+    key_vault_url: str | None = Field(default=None, pattern=r"^https://[^/?#\s]+/?$")
+    key_vault_cache_seconds: float = Field(default=300.0, ge=0)
+
     log_level: str = "INFO"
+
+    @field_validator("input_containers", "output_containers", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("input_containers", "output_containers")
+    @classmethod
+    def _no_host_containers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        host = [name for name in value if name.startswith(HOST_CONTAINER_PREFIX)]
+        if host:
+            raise ValueError(f"{', '.join(host)}: {HOST_CONTAINER_PREFIX}* containers belong to the Functions host")
+        return value
+
+    @field_validator(
+        "storage_account_name",
+        "storage_queue_service_uri",
+        "storage_blob_service_uri",
+        "data_storage_account_name",
+        "data_storage_blob_service_uri",
+        "azure_client_id",
+        "postgres_password_secret_name",
+        "key_vault_url",
+        "postgres_max_connections",
+        "app_max_instances",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_storage_and_budget(self) -> Settings:
+        host_ok = bool(self.storage_connection_string.get_secret_value()) or bool(
+            self.storage_account_name or (self.storage_queue_service_uri and self.storage_blob_service_uri)
+        )
+        if not host_ok:
+            raise ValueError(
+                "AzureWebJobsStorage: set a connection string, or AzureWebJobsStorage__accountName, or both "
+                "AzureWebJobsStorage__queueServiceUri and AzureWebJobsStorage__blobServiceUri"
+            )
+        for name, default, allowed in (
+            ("BRONZE_CONTAINER", self.bronze_container, self.readable_containers),
+            ("SILVER_CONTAINER", self.silver_container, self.writable_containers),
+        ):
+            if default not in allowed or default.startswith(HOST_CONTAINER_PREFIX):
+                raise ValueError(f"{name} {default!r} is not in its allow-list {', '.join(allowed)}")
+        if self.postgres_password_secret_name and not self.key_vault_url:
+            raise ValueError("POSTGRES_PASSWORD_SECRET_NAME needs KEY_VAULT_URL")
+        if self.postgres_max_connections is not None and self.app_max_instances is not None:
+            budget = self.postgres_max_connections - self.postgres_reserved_connections
+            needed = self.db_pool_max_size * self.app_max_instances
+            if needed > budget:
+                raise ValueError(
+                    f"DB_POOL_MAX_SIZE {self.db_pool_max_size} x APP_MAX_INSTANCES {self.app_max_instances} = "
+                    f"{needed} connections, more than POSTGRES_MAX_CONNECTIONS {self.postgres_max_connections} "
+                    f"less POSTGRES_RESERVED_CONNECTIONS {self.postgres_reserved_connections} = {budget}"
+                )
+        return self
+
+    @property
+    def readable_containers(self) -> tuple[str, ...]:
+        """Containers jobs may read: INPUT_CONTAINERS, else BRONZE_CONTAINER."""
+        return self.input_containers or (self.bronze_container,)
+
+    @property
+    def writable_containers(self) -> tuple[str, ...]:
+        """Containers jobs may write: OUTPUT_CONTAINERS, else SILVER_CONTAINER."""
+        return self.output_containers or (self.silver_container,)
 
     def postgres_conninfo(self) -> str:
         from psycopg.conninfo import make_conninfo
@@ -113,3 +239,17 @@ class Settings(BaseSettings):
             connect_timeout=self.db_connect_timeout_seconds,
             application_name="geoetl",
         )
+
+
+def setting_env_name(field_name: str) -> str:
+    """The app setting (environment variable) a Settings field is read from."""
+    alias = Settings.model_fields[field_name].validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        return first if isinstance(first, str) else field_name.upper()
+    return field_name.upper()
+
+
+def setting_env_names() -> dict[str, str]:
+    """Every Settings field and the app setting it is read from."""
+    return {name: setting_env_name(name) for name in Settings.model_fields}
