@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import pybreaker
 from pydantic import Field
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
@@ -59,10 +58,7 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
-    ) -> CatalogContainerController:
-        storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
+    def from_settings(cls, settings: Settings, storage: BlobStorage, database: Database) -> CatalogContainerController:
         controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import pybreaker
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
@@ -78,10 +77,7 @@ class ExtractMetadataController(JobController[ExtractMetadataParameters]):
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
-    ) -> ExtractMetadataController:
-        storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
+    def from_settings(cls, settings: Settings, storage: BlobStorage, database: Database) -> ExtractMetadataController:
         controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller

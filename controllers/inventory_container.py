@@ -16,7 +16,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import pybreaker
 from pydantic import Field
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
@@ -69,9 +68,8 @@ class InventoryContainerController(JobController[InventoryContainerParameters]):
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None, database: Database
+        cls, settings: Settings, storage: BlobStorage, database: Database
     ) -> InventoryContainerController:
-        storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
         controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller

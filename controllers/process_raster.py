@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-import pybreaker
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
@@ -134,6 +133,9 @@ class RasterJobOptions:
     default_container: str = "bronze"
     default_output_container: str = "silver"
     max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE  # most tiles (cog tasks) one job may plan
+    # Containers a job may read and write (INPUT_CONTAINERS / OUTPUT_CONTAINERS); None: any.
+    readable_containers: tuple[str, ...] | None = None
+    writable_containers: tuple[str, ...] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, storage: BlobStorage) -> RasterJobOptions:
@@ -148,6 +150,8 @@ class RasterJobOptions:
             default_container=settings.bronze_container,
             default_output_container=settings.silver_container,
             max_tasks_per_stage=settings.max_tasks_per_stage,
+            readable_containers=settings.readable_containers,
+            writable_containers=settings.writable_containers,
         )
 
 
@@ -164,6 +168,8 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         configure_gdal_block_cache(options.memory.gdal_cache_bytes)
         self.parameters_model = with_default_containers(
             ProcessRasterParameters,
+            readable=options.readable_containers,
+            writable=options.writable_containers,
             container=options.default_container,
             output_container=options.default_output_container,
         )
@@ -175,10 +181,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         )
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, storage_breaker: pybreaker.CircuitBreaker | None = None
-    ) -> ProcessRasterController:
-        storage = BlobStorage(settings.storage_connection_string.get_secret_value(), breaker=storage_breaker)
+    def from_settings(cls, settings: Settings, storage: BlobStorage) -> ProcessRasterController:
         return cls(storage, RasterJobOptions.from_settings(settings, storage))
 
     def cog_options(self, params: ProcessRasterParameters, metadata: RasterMetadata | None = None) -> CogOptions:

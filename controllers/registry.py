@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pybreaker
-
 from controllers.base import JobController
 from controllers.catalog_container import CatalogContainerController
 from controllers.extract_metadata import ExtractMetadataController
 from controllers.hello_world import HelloWorldController
 from controllers.inventory_container import InventoryContainerController
 from controllers.process_raster import ProcessRasterController
+from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.settings import Settings
 
@@ -35,20 +34,20 @@ class JobTypeRegistry:
 
 def default_registry(
     settings: Settings | None = None,
-    storage_breaker: pybreaker.CircuitBreaker | None = None,
+    storage: BlobStorage | None = None,
     database: Database | None = None,
 ) -> JobTypeRegistry:
     """Every job type, built with the resources it needs from ``settings``.
 
-    Without settings only the job types that need no resources are built (process_raster needs
-    blob storage); the listing job types (inventory_container, catalog_container, extract_metadata)
+    Without settings and the data account's ``storage`` only the job types that need no resources
+    are built; the listing job types (inventory_container, catalog_container, extract_metadata)
     also need the database, for their blob chunks.
     """
     controllers: list[JobController[Any]] = [HelloWorldController()]
-    if settings is not None:
-        controllers.append(ProcessRasterController.from_settings(settings, storage_breaker))
+    if settings is not None and storage is not None:
+        controllers.append(ProcessRasterController.from_settings(settings, storage))
         if database is not None:
-            controllers.append(InventoryContainerController.from_settings(settings, storage_breaker, database))
-            controllers.append(CatalogContainerController.from_settings(settings, storage_breaker, database))
-            controllers.append(ExtractMetadataController.from_settings(settings, storage_breaker, database))
+            controllers.append(InventoryContainerController.from_settings(settings, storage, database))
+            controllers.append(CatalogContainerController.from_settings(settings, storage, database))
+            controllers.append(ExtractMetadataController.from_settings(settings, storage, database))
     return JobTypeRegistry(controllers)

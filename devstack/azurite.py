@@ -88,8 +88,16 @@ def start_azurite(
     in_memory: bool = False,
     log_file: Path | None = None,
     startup_timeout: float = 30.0,
+    tls: tuple[Path, Path] | None = None,
+    oauth: bool = False,
 ) -> AzuriteProcess:
-    """Start Azurite as its own process group and wait until blob and queue ports accept."""
+    """Start Azurite as its own process group and wait until blob and queue ports accept.
+
+    ``tls`` (certificate, key PEM files) serves HTTPS; ``oauth`` (needs ``tls``) also accepts bearer
+    tokens (Azurite's ``--oauth basic``: issuer, audience and expiry are checked, not the signature),
+    as identity-based clients send them."""
+    if oauth and tls is None:
+        raise ValueError("Azurite accepts OAuth only over HTTPS: pass tls=(cert, key)")
     blob_port = blob_port or free_port()
     queue_port = queue_port or free_port()
     table_port = table_port or free_port()
@@ -113,6 +121,10 @@ def start_azurite(
         "--tablePort",
         str(table_port),
     ]
+    if tls is not None:
+        args += ["--cert", str(tls[0]), "--key", str(tls[1])]
+    if oauth:
+        args += ["--oauth", "basic"]
     # Azurite refuses --location together with --inMemoryPersistence.
     args += ["--inMemoryPersistence"] if in_memory else ["--location", str(location)]
     out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - handed to the child

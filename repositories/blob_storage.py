@@ -32,6 +32,7 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobBlock, BlobServiceClient, ContentSettings, LinearRetry
 
 from repositories.blob_upload import GrowingFileUpload, UploadedBlob, block_id, new_upload_nonce
+from repositories.storage_account import StorageAccount, gdal_connection_string
 from schemas.errors import (
     BlobAccessDeniedError,
     BlobNotFoundError,
@@ -67,16 +68,6 @@ def storage_client_options() -> dict[str, Any]:
     }
 
 
-# Azurite's well-known development account (public, documented by Microsoft), for the
-# "UseDevelopmentStorage=true" shorthand, which the SDK understands and GDAL does not.
-_DEV_ACCOUNT = "devstoreaccount1"
-_DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-_DEV_CONNECTION_STRING = (
-    f"DefaultEndpointsProtocol=http;AccountName={_DEV_ACCOUNT};AccountKey={_DEV_KEY};"
-    f"BlobEndpoint=http://127.0.0.1:10000/{_DEV_ACCOUNT};"
-)
-
-
 @dataclass(frozen=True)
 class BlobInfo:
     container: str
@@ -85,14 +76,6 @@ class BlobInfo:
     etag: str
     last_modified: datetime | None
     content_type: str | None
-
-
-def gdal_connection_string(connection_string: str) -> str:
-    """The connection string GDAL's /vsiaz/ understands (expands the development-storage shorthand)."""
-    settings = dict(part.split("=", 1) for part in connection_string.strip().rstrip(";").split(";") if "=" in part)
-    if settings.get("UseDevelopmentStorage", "").lower() == "true":
-        return _DEV_CONNECTION_STRING
-    return connection_string
 
 
 def _error_code(exc: HttpResponseError) -> str | None:
@@ -145,12 +128,15 @@ def _blob_info(container: str, item: Any) -> BlobInfo:
     )
 
 
+__all__ = ["BlobInfo", "BlobStorage", "gdal_connection_string", "storage_client_options"]
+
+
 class BlobStorage:
-    """One storage account, reached through a connection string (``AzureWebJobsStorage``)."""
+    """The blobs of one storage account (a ``StorageAccount``, or a connection string for local tools)."""
 
     def __init__(
         self,
-        connection_string: str,
+        account: StorageAccount | str,
         *,
         upload_block_bytes: int = 16 * MIB,
         upload_concurrency: int = 4,
@@ -161,7 +147,7 @@ class BlobStorage:
         self._breaker = breaker
         if upload_block_bytes < 1 or upload_concurrency < 1:
             raise ValueError("upload_block_bytes and upload_concurrency must be positive")
-        self._connection_string = connection_string
+        self._account = StorageAccount.of(account)
         self._upload_block_bytes = upload_block_bytes
         self._upload_concurrency = upload_concurrency
         self._client: BlobServiceClient | None = None
@@ -189,9 +175,7 @@ class BlobStorage:
     def client(self) -> BlobServiceClient:
         with self._lock:
             if self._client is None:
-                self._client = BlobServiceClient.from_connection_string(
-                    self._connection_string, **storage_client_options()
-                )
+                self._client = self._account.blob_service_client(**storage_client_options())
             return self._client
 
     # --- containers and properties ------------------------------------------------------------
@@ -366,7 +350,7 @@ class BlobStorage:
     def gdal_options(self) -> dict[str, str]:
         """GDAL configuration options for /vsiaz/ access to this account (pass to ``rasterio.Env``)."""
         return {
-            "AZURE_STORAGE_CONNECTION_STRING": gdal_connection_string(self._connection_string),
+            **self._account.gdal_options(),  # connection string, or account + endpoint + bearer token
             # Do not list the container looking for sidecar files (.aux.xml, .ovr, .msk).
             "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
             "CPL_VSIL_CURL_CHUNK_SIZE": str(GDAL_READ_CHUNK_BYTES),

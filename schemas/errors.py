@@ -40,6 +40,10 @@ class NotFoundError(RequestError):
     """Unknown job id, job type or other resource."""
 
 
+class ForbiddenError(RequestError):
+    """A resource outside what this deployment exposes (a container not in its allow-lists)."""
+
+
 class ConflictError(RequestError):
     """The request does not fit the resource's state (cancel a completed job, retry a running one)."""
 

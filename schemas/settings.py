@@ -16,6 +16,19 @@ POSTGRES_ENTRA_SCOPE = "https://ossrdbms-aad.database.windows.net/.default"
 # Containers of the Functions host itself (keys, leases, timers): never listed, read or written by jobs.
 HOST_CONTAINER_PREFIX = "azure-webjobs-"
 
+# Identity-based storage settings: Azure only (local development uses connection strings), so
+# local.settings.example.json leaves them out; docs/deploy.md and infra/ set them.
+IDENTITY_STORAGE_SETTINGS = frozenset(
+    {
+        "storage_account_name",
+        "storage_queue_service_uri",
+        "storage_blob_service_uri",
+        "data_storage_account_name",
+        "data_storage_blob_service_uri",
+        "azure_client_id",
+    }
+)
+
 ContainerList = Annotated[tuple[ContainerName, ...], NoDecode]
 
 

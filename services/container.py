@@ -11,10 +11,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pybreaker
+from azure.core.credentials import TokenCredential
 
 from controllers.registry import JobTypeRegistry, default_registry
+from repositories.azure_credentials import default_credential
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
+from repositories.storage_account import StorageAccount
 from schemas.settings import Settings
 from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
 from services.container_browser import ContainerBrowser
@@ -35,9 +38,22 @@ T = TypeVar("T")
 
 
 class ServiceContainer:
-    def __init__(self, settings: Settings, registry: JobTypeRegistry | None = None) -> None:
+    """``credential``: the Azure identity for identity-based storage, Key Vault and Entra Postgres
+    (default: ``DefaultAzureCredential``, made on first need). ``tls_verify``: a CA bundle path for
+    storage endpoints with a private certificate (Azurite over HTTPS in tests)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: JobTypeRegistry | None = None,
+        *,
+        credential: TokenCredential | None = None,
+        tls_verify: str | bool = True,
+    ) -> None:
         self.settings = settings
         self._registry = registry
+        self._credential = credential
+        self._tls_verify = tls_verify
         self._lock = threading.RLock()
         self._instances: dict[str, object] = {}
 
@@ -51,7 +67,53 @@ class ServiceContainer:
     def registry(self) -> JobTypeRegistry:
         if self._registry is not None:
             return self._registry
-        return self._once("registry", lambda: default_registry(self.settings, self.breaker("storage"), self.db))
+        return self._once("registry", lambda: default_registry(self.settings, self.blob_storage, self.db))
+
+    @property
+    def credential(self) -> TokenCredential:
+        """The app's Azure identity; constructing it sends nothing (tokens are fetched on first use)."""
+        return self._once("credential", lambda: self._credential or default_credential(self.settings.azure_client_id))
+
+    @property
+    def host_storage(self) -> StorageAccount:
+        """The Functions host's account (AzureWebJobsStorage): the engine's queues."""
+        s = self.settings
+        connection = s.storage_connection_string.get_secret_value()
+        return self._once(
+            "host_storage",
+            lambda: (
+                StorageAccount(connection_string=connection, verify=self._tls_verify)
+                if connection
+                else StorageAccount.identity(
+                    self.credential,
+                    account_name=s.storage_account_name,
+                    blob_service_uri=s.storage_blob_service_uri,
+                    queue_service_uri=s.storage_queue_service_uri,
+                    verify=self._tls_verify,
+                )
+            ),
+        )
+
+    @property
+    def data_storage(self) -> StorageAccount:
+        """The data account (DATA_STORAGE*): bronze and silver; the host's account when not set."""
+        s = self.settings
+        connection = s.data_storage_connection_string.get_secret_value()
+        if connection:
+            return self._once(
+                "data_storage", lambda: StorageAccount(connection_string=connection, verify=self._tls_verify)
+            )
+        if s.data_storage_account_name or s.data_storage_blob_service_uri:
+            return self._once(
+                "data_storage",
+                lambda: StorageAccount.identity(
+                    self.credential,
+                    account_name=s.data_storage_account_name,
+                    blob_service_uri=s.data_storage_blob_service_uri,
+                    verify=self._tls_verify,
+                ),
+            )
+        return self.host_storage
 
     def breaker(self, service: str) -> pybreaker.CircuitBreaker:
         """One breaker per external service: "postgres", "storage" (queues and blobs), "http"."""
@@ -88,7 +150,7 @@ class ServiceContainer:
         return self._once(
             "publisher",
             lambda: QueuePublisher(
-                s.storage_connection_string.get_secret_value(),
+                self.host_storage,
                 {"jobs": s.job_queue, "tasks": s.task_queue, "tasks_high": s.high_priority_task_queue},
                 concurrency=s.publish_concurrency,
                 breaker=self.breaker("storage"),
@@ -120,16 +182,18 @@ class ServiceContainer:
     def blob_storage(self) -> BlobStorage:
         return self._once(
             "blob_storage",
-            lambda: BlobStorage(
-                self.settings.storage_connection_string.get_secret_value(), breaker=self.breaker("storage")
-            ),
+            lambda: BlobStorage(self.data_storage, breaker=self.breaker("storage")),
         )
 
     @property
     def container_browser(self) -> ContainerBrowser:
         return self._once(
             "container_browser",
-            lambda: ContainerBrowser(self.blob_storage, max_limit=self.settings.blob_list_max_limit),
+            lambda: ContainerBrowser(
+                self.blob_storage,
+                max_limit=self.settings.blob_list_max_limit,
+                visible=(*self.settings.readable_containers, *self.settings.writable_containers),
+            ),
         )
 
     @property

@@ -1,4 +1,8 @@
-"""Read-only views of the storage account for the HTTP API: containers and paged blob listings."""
+"""Read-only views of the data storage account for the HTTP API: containers and paged blob listings.
+
+Only the deployment's own containers are visible (INPUT_CONTAINERS and OUTPUT_CONTAINERS): the
+Functions host's (azure-webjobs-*) and any other container are neither listed nor browsable (403).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,13 @@ from typing import Any
 
 from repositories.blob_storage import BlobInfo, BlobStorage
 from schemas.blob_names import CONTAINER_NAME_PATTERN, MAX_BLOB_NAME_LENGTH
-from schemas.errors import BlobAccessDeniedError, BlobNotFoundError, InvalidRequestError, NotFoundError
+from schemas.errors import (
+    BlobAccessDeniedError,
+    BlobNotFoundError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+)
 
 # Defaults of CONTAINER_BLOB_COUNT_CAP and CONTAINER_LIST_MAX_LIMIT (schemas/settings.py).
 COUNT_CAP = 1000
@@ -33,9 +43,10 @@ def _is_container_name(name: str) -> bool:
 
 
 class ContainerBrowser:
-    def __init__(self, storage: BlobStorage, *, max_limit: int) -> None:
+    def __init__(self, storage: BlobStorage, *, max_limit: int, visible: tuple[str, ...]) -> None:
         self._storage = storage
         self._max_limit = max_limit
+        self._visible = frozenset(name for name in visible if not name.startswith("azure-webjobs-"))
 
     def containers(
         self,
@@ -57,7 +68,7 @@ class ContainerBrowser:
             details.append({"field": "cursor", "message": "not a cursor returned by this API"})
         if details:
             raise InvalidRequestError("invalid query parameters", details=details)
-        names = [n for n in self._storage.list_containers() if cursor is None or n > cursor]
+        names = [n for n in self._storage.list_containers() if n in self._visible and (cursor is None or n > cursor)]
         result = []
         for name in names[:limit]:
             try:
@@ -91,6 +102,11 @@ class ContainerBrowser:
             details.append({"field": "cursor", "message": "not a cursor returned by this API"})
         if details:
             raise InvalidRequestError("invalid query parameters", details=details)
+        if container not in self._visible:
+            raise ForbiddenError(
+                f"container {container!r} is not one of this deployment's input or output containers",
+                details=[{"field": "container", "message": "not an input or output container of this deployment"}],
+            )
         try:
             page, next_cursor = self._storage.list_blob_page(container, prefix=prefix, limit=limit, continuation=cursor)
         except BlobNotFoundError as exc:

@@ -17,6 +17,8 @@ from azure.core.exceptions import ResourceExistsError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import LinearRetry, QueueClient, TextBase64EncodePolicy
 
+from repositories.storage_account import StorageAccount
+
 logger = logging.getLogger(__name__)
 
 # Explicit retry policy: the SDK's default (its own ExponentialRetry; ``retry_backoff_factor`` has no
@@ -45,14 +47,14 @@ class QueuePublisher:
 
     def __init__(
         self,
-        connection_string: str,
+        account: StorageAccount | str,
         queue_names: dict[str, str],
         *,
         concurrency: int = 16,
         breaker: pybreaker.CircuitBreaker | None = None,
     ) -> None:
         self._breaker = breaker
-        self._connection_string = connection_string
+        self._account = StorageAccount.of(account)
         self._queue_names = dict(queue_names)
         self._concurrency = concurrency
         self._clients: dict[str, QueueClient] = {}
@@ -63,7 +65,9 @@ class QueuePublisher:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=concurrency * 2)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        self._transport = RequestsTransport(session=session, session_owner=False)
+        self._transport = RequestsTransport(
+            session=session, session_owner=False, connection_verify=self._account.verify
+        )
 
     def queue_name(self, queue: str) -> str:
         return self._queue_names[queue]
@@ -77,8 +81,7 @@ class QueuePublisher:
         with self._lock:
             client = self._clients.get(queue_name)
             if client is None:
-                client = QueueClient.from_connection_string(
-                    self._connection_string,
+                client = self._account.queue_client(
                     queue_name,
                     message_encode_policy=TextBase64EncodePolicy(),
                     transport=self._transport,

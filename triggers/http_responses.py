@@ -15,6 +15,7 @@ from repositories.database import request_acquire_timeout
 from schemas.errors import (
     ConflictError,
     DatabaseUnavailableError,
+    ForbiddenError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (InvalidRequestError, 400),
     (NotFoundError, 404),
+    (ForbiddenError, 403),
     (ConflictError, 409),
     (PayloadTooLargeError, 413),
     (ServiceUnavailableError, 503),

@@ -282,7 +282,7 @@ def test_a_retried_list_task_replaces_the_chunks_of_its_first_attempt(
 ) -> None:
     run, blobs = uploaded
     chunk_size = CHUNK_SIZE - 1  # not the parameters of the module's inventory job (that would be resubmitting it)
-    controller = ListingRetriedOnce.from_settings(settings, None, container.db)
+    controller = ListingRetriedOnce.from_settings(settings, container.blob_storage, container.db)
     retrying = make_container(settings, JobTypeRegistry([controller]))
     try:
         status = run_job(retrying, {"prefix": f"{run}/", "chunk_size": chunk_size})

@@ -290,7 +290,9 @@ def test_bad_parameters_are_a_400_with_field_errors(container: ServiceContainer)
 
 
 def test_the_controller_sizes_gdals_block_cache_from_the_budget(settings: Settings) -> None:
-    controller = ProcessRasterController.from_settings(settings)
+    controller = ProcessRasterController.from_settings(
+        settings, BlobStorage(settings.storage_connection_string.get_secret_value())
+    )
     assert controller.job_type == "process_raster"
     assert get_gdal_config("GDAL_CACHEMAX") == 16 * MIB  # an eighth of the budget, at least 16 MiB
 

@@ -25,6 +25,7 @@ from azure.storage.queue import QueueClient, QueueMessage
 from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from repositories.migrator import apply_migrations
+from repositories.storage_account import StorageAccount
 from schemas.errors import DatabaseUnavailableError
 from schemas.jobs import JobStatus
 from schemas.messages import JobMessage, TaskMessage
@@ -67,7 +68,12 @@ def sql(settings: Settings, statement: str, params: Any = None) -> list[tuple[An
 
 
 def queue_client(settings: Settings, name: str) -> QueueClient:
-    client = QueueClient.from_connection_string(settings.storage_connection_string.get_secret_value(), name)
+    return account_queue_client(StorageAccount.of(settings.storage_connection_string.get_secret_value()), name)
+
+
+def account_queue_client(account: StorageAccount, name: str) -> QueueClient:
+    """A plain client (no encode policy: bodies are base64 as the host sends them), queue created."""
+    client = account.queue_client(name)
     with contextlib.suppress(ResourceExistsError):
         client.create_queue()
     return client
@@ -84,10 +90,11 @@ class QueuePump:
 
     def __post_init__(self) -> None:
         s = self.container.settings
+        account = self.container.host_storage  # a connection string, or identity-based
         self._queues = {
-            "jobs": queue_client(s, s.job_queue),
-            "tasks_high": queue_client(s, s.high_priority_task_queue),
-            "tasks": queue_client(s, s.task_queue),
+            "jobs": account_queue_client(account, s.job_queue),
+            "tasks_high": account_queue_client(account, s.high_priority_task_queue),
+            "tasks": account_queue_client(account, s.task_queue),
         }
         self._pool = ThreadPoolExecutor(self.workers)
         self._copies = ThreadPoolExecutor(self.workers * 2)  # separate pool: no starvation deadlock

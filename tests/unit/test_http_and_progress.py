@@ -129,6 +129,8 @@ def test_local_settings_example_lists_every_setting_and_nothing_else() -> None:
     import json
     from pathlib import Path
 
+    from schemas.settings import IDENTITY_STORAGE_SETTINGS, setting_env_names
+
     values = json.loads((Path(__file__).parents[2] / "local.settings.example.json").read_text())["Values"]
     host_only = {
         "FUNCTIONS_WORKER_RUNTIME",
@@ -136,8 +138,6 @@ def test_local_settings_example_lists_every_setting_and_nothing_else() -> None:
         "LOCAL_HOST_REQUIRE_FUNCTION_KEY",
         "LOCAL_HOST_FUNCTION_KEY",
     }
-    declared = {"AzureWebJobsStorage"} | {
-        name.upper() for name in Settings.model_fields if name != "storage_connection_string"
-    }
+    declared = {env for name, env in setting_env_names().items() if name not in IDENTITY_STORAGE_SETTINGS}
     assert set(values) - host_only == declared
     Settings.model_validate(values)  # and the example values are valid

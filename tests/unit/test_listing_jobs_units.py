@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from controllers.catalog_container import CatalogContainerController, CatalogContainerParameters
 from controllers.extract_metadata import ExtractMetadataController, ExtractMetadataParameters
 from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
+from repositories.blob_storage import BlobStorage
 from schemas.settings import Settings
 from services.inventory.catalog import UPLOADS_IN_FLIGHT, item_id_for, publish_in_place_catalog
 from services.inventory.chunks import ListingParameters, chunk_key
@@ -117,19 +118,33 @@ def test_item_ids_are_unique_and_valid() -> None:
 )
 def test_listing_jobs_default_to_the_deployments_containers(controller_type: Any, required: dict[str, str]) -> None:
     settings = Settings.model_validate(
-        {"AzureWebJobsStorage": CONNECTION, "bronze_container": "raw-in", "silver_container": "curated"}
+        {
+            "AzureWebJobsStorage": CONNECTION,
+            "bronze_container": "raw-in",
+            "silver_container": "curated",
+            "input_containers": "raw-in,other",
+        }
     )
-    controller = controller_type.from_settings(settings, None, MagicMock())
+    controller = controller_type.from_settings(settings, BlobStorage(CONNECTION), MagicMock())
     params = controller.parse_parameters(required)
     assert (params.container, params.output_container) == ("raw-in", "curated")
     assert controller.parse_parameters({**required, "container": "other"}).container == "other"
+    for field, container in (("container", "elsewhere"), ("container", "azure-webjobs-secrets")) + (
+        (("output_container", "raw-in"),) if "output_container" in controller.parameters_model.model_fields else ()
+    ):
+        with pytest.raises(ValidationError, match=field):
+            controller.parse_parameters({**required, field: container})
     with pytest.raises(ValidationError):
         controller.parse_parameters({**required, "container": "Not_Valid"})  # the name rules still apply
     fields = controller.parameters_model.model_json_schema()["properties"]
     assert fields["container"]["default"] == "raw-in" and fields["output_container"]["default"] == "curated"
-    # With the usual names the declared model is used as it is.
-    plain = controller_type.from_settings(Settings.model_validate({"AzureWebJobsStorage": CONNECTION}), None, None)
-    assert plain.parameters_model is controller_type.parameters_model
+    # With the usual settings: bronze and silver, and nothing else.
+    plain = controller_type.from_settings(
+        Settings.model_validate({"AzureWebJobsStorage": CONNECTION}), BlobStorage(CONNECTION), None
+    )
+    assert plain.parse_parameters(required).container == "bronze"
+    with pytest.raises(ValidationError, match="not readable by this deployment"):
+        plain.parse_parameters({**required, "container": "raw-in"})
 
 
 class RecordingStorage:

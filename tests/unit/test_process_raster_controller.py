@@ -25,7 +25,7 @@ CONNECTION = "UseDevelopmentStorage=true"
 
 def controller(**settings: Any) -> ProcessRasterController:
     return ProcessRasterController.from_settings(
-        Settings.model_validate({"AzureWebJobsStorage": CONNECTION, **settings})
+        Settings.model_validate({"AzureWebJobsStorage": CONNECTION, **settings}), BlobStorage(CONNECTION)
     )
 
 
@@ -129,7 +129,7 @@ def test_finalize_lists_outputs_in_tile_order() -> None:
 
 
 def test_registry_builds_process_raster_from_settings() -> None:
-    registry = default_registry(Settings.model_validate({"AzureWebJobsStorage": CONNECTION}))
+    registry = default_registry(Settings.model_validate({"AzureWebJobsStorage": CONNECTION}), BlobStorage(CONNECTION))
     assert [c.job_type for c in registry.all()] == ["hello_world", "process_raster"]
     schema = registry.get("process_raster").parameters_model.model_json_schema()  # type: ignore[union-attr]
     assert schema["required"] == ["blob_name"]
@@ -147,5 +147,13 @@ def test_the_memory_model_uses_the_settings_and_the_upload_buffers() -> None:
     assert options.gdal_threads == 3
 
 
-def test_parameters_model_is_the_plain_one_with_default_containers() -> None:
-    assert controller().parameters_model is ProcessRasterParameters
+def test_parameters_model_keeps_jobs_inside_the_deployments_containers() -> None:
+    model = controller().parameters_model
+    assert issubclass(model, ProcessRasterParameters)
+    assert errors_of({"blob_name": "a.tif", "container": "azure-webjobs-secrets"}) == {
+        "container": "container 'azure-webjobs-secrets' is not readable by this deployment (allowed: bronze)"
+    }
+    assert set(errors_of({"blob_name": "a.tif", "output_container": "bronze"})) == {"output_container"}
+    allowed = controller(input_containers="bronze,raw", output_containers="silver,gold")
+    params = allowed.parse_parameters({"blob_name": "a.tif", "container": "raw", "output_container": "gold"})
+    assert (params.container, params.output_container) == ("raw", "gold")
