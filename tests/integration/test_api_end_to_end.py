@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +18,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def api_settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
-    return make_settings(azurite_connection_string, postgres_database, max_request_bytes=4096)
+    return make_settings(
+        azurite_connection_string, postgres_database, max_request_bytes=4096, input_containers=("bronze", BROWSED, f"{BROWSED}-gone")
+    )
+
+
+BROWSED = f"browse-{secrets.token_hex(4)}"  # a container of the deployment's, for the listing test
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +147,9 @@ def test_log_lines_about_tasks_carry_job_and_task_ids(host: RunningHost) -> None
 
 
 def test_container_listing_pages_every_blob_once(host: RunningHost, api_settings: Settings) -> None:
-    import secrets as _secrets
-
     from azure.storage.blob import BlobServiceClient
 
-    name = f"browse-{_secrets.token_hex(4)}"
+    name = BROWSED
     service = BlobServiceClient.from_connection_string(api_settings.storage_connection_string.get_secret_value())
     client = service.create_container(name)
     expected = {f"a/{i:03d}.tif" for i in range(23)} | {f"a/{i:03d}.txt" for i in range(7)} | {"b/other.tif"}
@@ -172,8 +176,10 @@ def test_container_listing_pages_every_blob_once(host: RunningHost, api_settings
     mine = next(c for c in listing["containers"] if c["name"] == name)
     assert mine == {"name": name, "blob_count": 31, "blob_count_is_exact": True}
 
-    code, missing = host.request("GET", "/containers/no-such-container/blobs")
+    code, missing = host.request("GET", f"/containers/{BROWSED}-gone/blobs")  # allowed, never created
     assert code == 404 and "not found" in missing["error"]
+    code, other = host.request("GET", "/containers/no-such-container/blobs")  # not the deployment's
+    assert code == 403 and other["details"][0]["field"] == "container"
     code, bad = host.request("GET", f"/containers/{name}/blobs?limit=0")
     assert code == 400 and bad["details"][0]["field"] == "limit"
     code, bad = host.request("GET", "/containers/Bad_Name/blobs")

@@ -8,6 +8,7 @@ test (hypothesis) throws random query strings and bodies at every route.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,7 +42,18 @@ BAD_TEXT = ("\x00", "a\x00b", "\ud800", "x\udfff", "\x01", "\u202e", "é", "'; -
 
 @pytest.fixture(scope="module")
 def hardening_settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
-    return make_settings(azurite_connection_string, postgres_database, container_blob_count_cap=5)
+    # The paging test's containers are the deployment's: some as inputs, some as outputs.
+    return make_settings(
+        azurite_connection_string,
+        postgres_database,
+        container_blob_count_cap=5,
+        input_containers=("bronze", *PAGE_CONTAINERS[:3]),
+        output_containers=("silver", *PAGE_CONTAINERS[3:]),
+    )
+
+
+PAGE_RUN = secrets.token_hex(3)
+PAGE_CONTAINERS = [f"zz-page-{PAGE_RUN}-{i}" for i in range(5)]
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +198,11 @@ def test_container_listing_is_paged_and_counts_are_capped(
     functions: dict[str, Handler], hardening_settings: Settings
 ) -> None:
     service = BlobServiceClient.from_connection_string(hardening_settings.storage_connection_string.get_secret_value())
-    run = secrets.token_hex(3)
-    names = [f"zz-page-{run}-{i}" for i in range(5)]
+    names = PAGE_CONTAINERS
+    hidden = f"zz-page-{PAGE_RUN}-hidden"  # a container of the account that is not the deployment's
+    service.create_container(hidden)
+    with contextlib.suppress(ResourceExistsError):
+        service.create_container("azure-webjobs-secrets")
     for i, name in enumerate(names):
         client = service.create_container(name)
         for b in range(i * 3):  # 0, 3, 6, 9, 12 blobs; the cap is 5
@@ -203,6 +219,10 @@ def test_container_listing_is_paged_and_counts_are_capped(
             break
     mine = {c["name"]: c for c in seen if c["name"] in names}
     assert [c["name"] for c in seen] == sorted({c["name"] for c in seen}), "every container once, by name"
+    assert {c["name"] for c in seen} <= {"bronze", "silver", *names}, "only the deployment's containers"
+    for other in (hidden, "azure-webjobs-secrets"):
+        code, body = call(functions, "list_container_blobs", "GET", {"container": other})
+        assert code == 403 and fields(body) == {"container"}, body
     assert [(mine[n]["blob_count"], mine[n]["blob_count_is_exact"]) for n in names] == [
         (0, True),
         (3, True),

@@ -14,37 +14,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from devstack.azurite import free_port
-from schemas.settings import Settings
+from schemas.settings import Settings, setting_env_names
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def settings_environment(settings: Settings, log_level: str = "INFO") -> dict[str, str]:
-    """App settings as the host's environment (what local.settings.json Values would hold)."""
-    env = {
-        "AzureWebJobsStorage": settings.storage_connection_string.get_secret_value(),
-        "JOB_QUEUE": settings.job_queue,
-        "TASK_QUEUE": settings.task_queue,
-        "HIGH_PRIORITY_TASK_QUEUE": settings.high_priority_task_queue,
-        "JANITOR_SCHEDULE": settings.janitor_schedule,
-        "JANITOR_LEASE_GRACE_SECONDS": str(settings.janitor_lease_grace_seconds),
-        "JANITOR_OUTBOX_GRACE_SECONDS": str(settings.janitor_outbox_grace_seconds),
-        "JANITOR_STALLED_JOB_AFTER_SECONDS": str(settings.janitor_stalled_job_after_seconds),
-        "TASK_LEASE_SECONDS": str(settings.task_lease_seconds),
-        "CIRCUIT_RESET_SECONDS": str(settings.circuit_reset_seconds),
-        "POSTGRES_HOST": settings.postgres_host,
-        "POSTGRES_PORT": str(settings.postgres_port),
-        "POSTGRES_DB": settings.postgres_db,
-        "POSTGRES_USER": settings.postgres_user,
-        "POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
-        "POSTGRES_SCHEMA": settings.postgres_schema,
-        "TASK_MAX_ATTEMPTS": str(settings.task_max_attempts),
-        "TASK_RETRY_BASE_SECONDS": str(settings.task_retry_base_seconds),
-        "TASK_RETRY_MAX_SECONDS": str(settings.task_retry_max_seconds),
-        "MAX_REQUEST_BYTES": str(settings.max_request_bytes),
-        "LOG_LEVEL": log_level,
-    }
+    """App settings as the host's environment (what local.settings.json Values would hold): every
+    field of ``settings`` under the name the app reads it from."""
+    env: dict[str, str] = {}
+    for field, name in setting_env_names().items():
+        value = getattr(settings, field)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or value == "" or value == ():
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        env[name] = str(value)
+    env["LOG_LEVEL"] = log_level
     return env
 
 
