@@ -5,10 +5,10 @@ from __future__ import annotations
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Self
 
 import psycopg
 import pybreaker
@@ -71,8 +71,37 @@ def server_closed(conn: psycopg.Connection[Any]) -> bool:
     return False
 
 
+# How long the reason the pool's last connection attempt failed is quoted to a caller the pool kept waiting.
+_CONNECT_FAILURE_MEMORY_SECONDS = 60.0
+# SQLSTATEs of a refused login: invalid_password, invalid_authorization_specification.
+_LOGIN_REFUSED_SQLSTATES = {"28P01", "28000"}
+
+
+def login_refused(error: psycopg.OperationalError) -> bool:
+    """Whether a failed connection attempt is the server refusing the password. libpq reports no
+    SQLSTATE for errors while connecting, so this goes by whether a password was sent and the
+    server's (English: Azure's are) "password authentication failed"."""
+    if error.sqlstate in _LOGIN_REFUSED_SQLSTATES:
+        return True
+    pgconn = error.pgconn
+    return bool(pgconn is not None and pgconn.used_password and "authentication failed" in str(error).lower())
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
 class Database:
-    """A lazily opened psycopg pool whose connections use the app's schema."""
+    """A lazily opened psycopg pool whose connections use the app's schema.
+
+    ``password_provider`` (see ``repositories/postgres_credentials.py``) is called for every new
+    connection and its result, when not None, is the connection's password (over the conninfo's):
+    a rotated Key Vault secret or a fresh Entra token reaches new connections without a restart.
+    When the server refuses the login (wrong password), ``on_password_rejected`` is called, e.g.
+    to drop a cached secret so the pool's next attempt reads the rotated one.
+    ``prepare_threshold`` is psycopg's (None: no server-side prepared statements, for PgBouncer).
+    A caller the pool keeps waiting because connections fail is told why the last attempt failed.
+    """
 
     def __init__(
         self,
@@ -84,8 +113,16 @@ class Database:
         timeout_seconds: float = 30.0,
         reconnect_timeout_seconds: float = 5.0,
         breaker: pybreaker.CircuitBreaker | None = None,
+        password_provider: Callable[[], str | None] | None = None,
+        on_password_rejected: Callable[[], None] | None = None,
+        prepare_threshold: int | None = 5,
     ) -> None:
         self._conninfo = conninfo
+        self._password_provider = password_provider
+        self._on_password_rejected = on_password_rejected
+        self._prepare_threshold = prepare_threshold
+        # (when, why) the pool's last connection attempt failed; cleared by its next success.
+        self._connect_failure: tuple[float, str] | None = None
         self.schema = schema
         self._min_size = min_size
         self._max_size = max_size
@@ -95,6 +132,52 @@ class Database:
         self._lock = threading.Lock()
         # Counts DatabaseUnavailableError only; while open, transactions fail fast.
         self._breaker = breaker
+
+    def _connection_kwargs(self) -> dict[str, Any]:
+        """Arguments of each new connection, evaluated by the pool when it connects."""
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "prepare_threshold": self._prepare_threshold}
+        if self._password_provider is not None:
+            try:
+                password = self._password_provider()
+            except Exception as exc:
+                self._connect_failure = (time.monotonic(), f"no password: {_one_line(exc)}")
+                raise
+            if password is not None:
+                kwargs["password"] = password
+        return kwargs
+
+    def _connected(self, error: psycopg.OperationalError | None) -> None:
+        """Told by the pool's connections how each attempt ended (None: connected)."""
+        if error is None:
+            self._connect_failure = None
+            return
+        self._connect_failure = (time.monotonic(), _one_line(error))
+        if self._on_password_rejected is not None and login_refused(error):
+            self._on_password_rejected()
+
+    def _connection_class(self) -> type[psycopg.Connection[Any]]:
+        """The pool's connection class: psycopg's, reporting each connection attempt to ``_connected``."""
+        report = self._connected
+
+        class _PoolConnection(psycopg.Connection[Any]):
+            @classmethod
+            def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+                try:
+                    conn = super().connect(conninfo, **kwargs)
+                except psycopg.OperationalError as error:
+                    report(error)
+                    raise
+                report(None)
+                return conn
+
+        return _PoolConnection
+
+    def _unavailable(self, exc: PoolTimeout) -> RepositoryError:
+        """A pool timeout, with why the pool's last connection attempt failed, if it did lately."""
+        failure = self._connect_failure
+        if failure is None or time.monotonic() - failure[0] > _CONNECT_FAILURE_MEMORY_SECONDS:
+            return translate_driver_error(exc)
+        return DatabaseUnavailableError(f"database unavailable: {exc}; last connection attempt: {failure[1]}")
 
     def _configure(self, conn: psycopg.Connection) -> None:
         conn.execute(psycopg.sql.SQL("SET search_path TO {}, public").format(psycopg.sql.Identifier(self.schema)))
@@ -106,6 +189,7 @@ class Database:
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self._conninfo,
+                    connection_class=self._connection_class(),
                     min_size=self._min_size,
                     max_size=self._max_size,
                     timeout=self._timeout,
@@ -114,7 +198,7 @@ class Database:
                     # 5-minute default one unlucky attempt (server restarting, connection killed
                     # while being configured) can make every caller wait the full pool timeout.
                     reconnect_timeout=self._reconnect_timeout,
-                    kwargs={"row_factory": dict_row},
+                    kwargs=self._connection_kwargs,
                     configure=self._configure,
                     name=f"geoetl-{self.schema}",
                     open=False,
@@ -175,7 +259,9 @@ class Database:
                 else:
                     with conn.transaction():
                         yield EngineRepository(conn)
-        except (psycopg.Error, PoolTimeout) as exc:
+        except PoolTimeout as exc:
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
             raise translate_driver_error(exc) from exc
 
     @contextmanager

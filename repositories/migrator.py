@@ -66,11 +66,19 @@ def apply_migrations(conninfo: str, schema: str) -> list[str]:
 
 
 def main() -> None:
+    """``python -m repositories.migrator``: apply pending migrations with the app's settings, logging
+    in the way the app does (POSTGRES_PASSWORD, the Key Vault secret or an Entra token)."""
+    from repositories.azure_credentials import default_credential
+    from repositories.key_vault import secret_store_from_settings
+    from repositories.postgres_credentials import needs_credential, postgres_connect_options, resolved_conninfo
     from schemas.settings import Settings
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = Settings()
-    applied = apply_migrations(settings.postgres_conninfo(), settings.postgres_schema)
+    credential = default_credential(settings.azure_client_id) if needs_credential(settings) else None
+    store = secret_store_from_settings(settings, credential) if credential is not None else None
+    options = postgres_connect_options(settings, credential=credential, secret_store=store)
+    applied = apply_migrations(resolved_conninfo(settings.postgres_conninfo(), options), settings.postgres_schema)
     print(f"migrations applied: {len(applied)} {applied if applied else '(schema up to date)'}")
 
 

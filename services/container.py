@@ -17,6 +17,8 @@ from controllers.registry import JobTypeRegistry, default_registry
 from repositories.azure_credentials import default_credential
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
+from repositories.key_vault import SecretStore, secret_store_from_settings, unresolved_key_vault_references
+from repositories.postgres_credentials import needs_credential, postgres_connect_options
 from repositories.storage_account import StorageAccount
 from schemas.settings import Settings
 from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
@@ -129,11 +131,26 @@ class ServiceContainer:
         return RetryPolicy(s.task_max_attempts, s.task_retry_base_seconds, s.task_retry_max_seconds)
 
     @property
+    def secret_store(self) -> SecretStore | None:
+        """Key Vault (KEY_VAULT_URL) through the app's identity, cached; None without a vault."""
+        s = self.settings
+        if not s.key_vault_url:
+            return None
+        return self._once("secret_store", lambda: secret_store_from_settings(s, self.credential))
+
+    @property
     def db(self) -> Database:
         s = self.settings
-        return self._once(
-            "db",
-            lambda: Database(
+
+        def build() -> Database:
+            # The password of each new connection: POSTGRES_PASSWORD, the Key Vault secret, or an
+            # Entra token of the app's identity (repositories/postgres_credentials.py).
+            options = postgres_connect_options(
+                s,
+                credential=self.credential if needs_credential(s) else None,
+                secret_store=self.secret_store,
+            )
+            return Database(
                 s.postgres_conninfo(),
                 schema=s.postgres_schema,
                 min_size=s.db_pool_min_size,
@@ -141,8 +158,12 @@ class ServiceContainer:
                 timeout_seconds=s.db_pool_timeout_seconds,
                 reconnect_timeout_seconds=s.db_reconnect_timeout_seconds,
                 breaker=self.breaker("postgres"),
-            ),
-        )
+                password_provider=options.password_provider,
+                on_password_rejected=options.on_password_rejected,
+                prepare_threshold=options.prepare_threshold,
+            )
+
+        return self._once("db", build)
 
     @property
     def publisher(self) -> QueuePublisher:
@@ -236,15 +257,26 @@ class ServiceContainer:
     @property
     def health(self) -> HealthCheck:
         s = self.settings
-        targets = HealthTargets(job_queue=s.job_queue, containers=(s.bronze_container, s.silver_container))
-        return self._once("health", lambda: HealthCheck(self.db, self.publisher, self.blob_storage, targets))
+        targets = HealthTargets(
+            job_queue=s.job_queue,
+            containers=(s.bronze_container, s.silver_container),
+            unresolved_settings=tuple(unresolved_key_vault_references(s)),
+        )
+        store, secret_name = self.secret_store, s.postgres_password_secret_name
+        key_vault = (lambda: store.get(secret_name)) if store is not None and secret_name else None
+        return self._once(
+            "health", lambda: HealthCheck(self.db, self.publisher, self.blob_storage, targets, key_vault=key_vault)
+        )
 
     def close(self) -> None:
         with self._lock:
             publisher = self._instances.pop("publisher", None)
             db = self._instances.pop("db", None)
             health = self._instances.pop("health", None)
+            secret_store = self._instances.pop("secret_store", None)
             self._instances.clear()
+        if isinstance(secret_store, SecretStore):
+            secret_store.close()
         if isinstance(health, HealthCheck):
             health.close()
         if isinstance(publisher, QueuePublisher):

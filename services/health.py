@@ -3,8 +3,11 @@
 Liveness is the process answering at all. Readiness checks each dependency at once, concurrently and
 each within its own time limit: Postgres (and whether its schema has every migration this code
 knows), queue storage (the job queue) and data storage (the input and output containers). Each
-reports its status and latency; the app is ready only when every required one is ok. Nothing in
-a report names a host, key or password: errors are given by their type only.
+reports its status and latency; the app is ready only when every required one is ok. With
+KEY_VAULT_URL and POSTGRES_PASSWORD_SECRET_NAME the vault is checked too (reading that secret,
+through the store's cache). An app setting still holding an unresolved ``@Microsoft.KeyVault(...)``
+reference (App Service could not resolve it) makes the app not ready, naming the setting. Nothing
+in a report names a host, key or password: errors are given by their type only.
 """
 
 from __future__ import annotations
@@ -28,16 +31,27 @@ CHECK_TIMEOUT_SECONDS = 4.0
 class HealthTargets:
     job_queue: str
     containers: tuple[str, ...]
+    # App settings whose value is still an unresolved Key Vault reference literal.
+    unresolved_settings: tuple[str, ...] = ()
 
 
 class HealthCheck:
-    def __init__(self, db: Database, publisher: QueuePublisher, storage: BlobStorage, targets: HealthTargets) -> None:
+    def __init__(
+        self,
+        db: Database,
+        publisher: QueuePublisher,
+        storage: BlobStorage,
+        targets: HealthTargets,
+        *,
+        key_vault: Callable[[], object] | None = None,
+    ) -> None:
         self._db = db
+        self._key_vault = key_vault
         self._publisher = publisher
         self._storage = storage
         self._targets = targets
         self._expected_migration = len(discover_migrations())
-        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="health")
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health")
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, report): every dependency checked concurrently, each within CHECK_TIMEOUT_SECONDS."""
@@ -46,6 +60,8 @@ class HealthCheck:
             "queue_storage": self._queue_storage,
             "data_storage": self._data_storage,
         }
+        if self._key_vault is not None:
+            checks["key_vault"] = self._read_key_vault
         started = {name: self._pool.submit(_timed, check) for name, check in checks.items()}
         report: dict[str, Any] = {}
         for name, future in started.items():
@@ -53,6 +69,12 @@ class HealthCheck:
                 report[name] = future.result(timeout=CHECK_TIMEOUT_SECONDS)
             except FutureTimeout:
                 report[name] = {"status": "down", "error": f"no answer within {CHECK_TIMEOUT_SECONDS:.0f} s"}
+        if self._targets.unresolved_settings:
+            names = ", ".join(self._targets.unresolved_settings)
+            report["configuration"] = {
+                "status": "down",
+                "error": f"unresolved Key Vault reference in app setting(s) {names}: check the identity's access",
+            }
         ready = all(entry["status"] == "ok" for entry in report.values())
         return ready, {"status": "ready" if ready else "not ready", "dependencies": report}
 
@@ -63,6 +85,11 @@ class HealthCheck:
         if applied < self._expected_migration:
             return {"status": "down", "error": "schema migrations pending", "migrations": migrations}
         return {"status": "ok", "migrations": migrations}
+
+    def _read_key_vault(self) -> dict[str, Any]:
+        assert self._key_vault is not None
+        self._key_vault()
+        return {"status": "ok"}
 
     def _queue_storage(self) -> dict[str, Any]:
         self._publisher.client_for_name(self._targets.job_queue).get_queue_properties()
