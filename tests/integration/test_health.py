@@ -101,3 +101,18 @@ def test_health_is_anonymous_while_the_api_requires_a_key(settings: Settings, tm
         assert host.request("GET", "/job-types")[0] == 401  # the API itself still needs the key
     finally:
         host.stop()
+
+
+def test_an_unresolved_key_vault_reference_is_reported_by_name_and_never_used(settings: Settings) -> None:
+    literal = "@Microsoft.KeyVault(SecretUri=https://geoetl-kv.vault.azure.net/secrets/postgres-password/)"
+    unresolved = make_container(settings.model_copy(update={"postgres_password": SecretStr(literal)}))
+    try:
+        code, body, _, _ = call_health(unresolved)
+    finally:
+        unresolved.close()
+    assert code == 503 and body["status"] == "not ready", body
+    configuration = body["dependencies"]["configuration"]
+    assert configuration["status"] == "down" and "POSTGRES_PASSWORD" in configuration["error"], configuration
+    # The literal is refused before any login: Postgres is reported down by the error's type only.
+    assert body["dependencies"]["postgres"]["status"] == "down"
+    assert "vault.azure.net" not in json.dumps(body) and "KeyVault(" not in json.dumps(body)
