@@ -37,7 +37,7 @@ deps: system-deps python-deps node-deps
 # Debian/Ubuntu packages behind: .venv (python3-venv), npm, the PostgreSQL server binaries. A remote
 # POSTGRES_HOST needs no local server.
 system-deps:
-	@$(BOOTSTRAP) system python-venv npm $(if $(filter-out 127.0.0.1 localhost ::1,$(POSTGRES_HOST)),,postgres)
+	@$(BOOTSTRAP) system python-venv npm chromium $(if $(filter-out 127.0.0.1 localhost ::1,$(POSTGRES_HOST)),,postgres)
 
 # A missing, half-made or foreign .venv is (re)made; the requirements stamp lives inside it.
 venv:

@@ -2,7 +2,7 @@
 
 The Makefile runs this with the system ``python3``:
 
-- ``system [python-venv] [npm] [postgres]``: the system packages behind those names, installed with
+- ``system [python-venv] [npm] [postgres] [chromium]``: the system packages behind those names, installed with
   apt-get (Debian/Ubuntu, as root), each announced in one line saying what and why, with apt's own
   progress shown. Not root, or no apt-get: one line naming what to install, exit code 1.
 - ``venv DIR``: a working virtual environment in DIR; a half-made or broken one (no pip, made by
@@ -51,6 +51,15 @@ def find_postgres_bindir() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
+def find_chromium() -> Path | None:
+    """Debian's Chromium, which the dashboard's browser test drives headless (Playwright brings no browser)."""
+    on_path = shutil.which("chromium")
+    if on_path:
+        return Path(on_path)
+    debian = Path("/usr/bin/chromium")
+    return debian if debian.exists() else None
+
+
 def _python_has_venv(python: str = sys.executable) -> bool:
     """venv alone is not enough: Debian splits ensurepip (which venv needs for pip) into python3-venv."""
     probe = subprocess.run([python, "-c", "import venv, ensurepip"], capture_output=True, check=False)
@@ -83,6 +92,12 @@ REQUIREMENTS = {
         ("postgresql",),
         "the PostgreSQL server binaries, for the project's own Postgres in .stack/ (stack and tests)",
         lambda: find_postgres_bindir() is not None,
+    ),
+    "chromium": Requirement(
+        "chromium",
+        ("chromium", "fonts-liberation"),
+        "a headless Chromium (with fonts for its screenshots), for the dashboard's browser test",
+        lambda: find_chromium() is not None,
     ),
 }
 

@@ -30,6 +30,7 @@ from services.janitor import Janitor, JanitorOptions
 from services.job_control import JobControl
 from services.job_orchestrator import JobOrchestrator
 from services.job_service import JobService
+from services.operations import Operations, OperationsOptions, QueueInspector
 from services.outbox_relay import OutboxRelay
 from services.queue_publisher import QueuePublisher
 from services.retry_policy import RetryPolicy
@@ -266,6 +267,15 @@ class ServiceContainer:
         key_vault = (lambda: store.get(secret_name)) if store is not None and secret_name else None
         return self._once(
             "health", lambda: HealthCheck(self.db, self.publisher, self.blob_storage, targets, key_vault=key_vault)
+        )
+
+    @property
+    def operations(self) -> Operations:
+        """Operator tools: queue depths, dead letters, poison queues, statistics (triggers/http_operations.py)."""
+        s = self.settings
+        options = OperationsOptions(s.job_queue, s.task_queue, s.high_priority_task_queue)
+        return self._once(
+            "operations", lambda: Operations(self.db, self.relay, QueueInspector(self.host_storage), options)
         )
 
     def close(self) -> None:

@@ -73,6 +73,8 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_job_stage_status_idx ON tasks (job_id, stage, status);
 CREATE INDEX tasks_processing_lease_idx ON tasks (lease_expires_at) WHERE status = 'processing';
 CREATE INDEX tasks_queued_updated_idx ON tasks (updated_at) WHERE status = 'queued';
+-- Failure and throughput statistics (GET /api/stats/*) read finished tasks by completion time.
+CREATE INDEX tasks_completed_at_idx ON tasks (completed_at) WHERE status IN ('completed', 'failed');
 
 -- Transactional outbox: queue messages written in the same transaction as the state change
 -- that requires them, published after commit, deleted once sent.
@@ -100,7 +102,9 @@ CREATE TABLE dead_letters (
     reason          text        NOT NULL,
     job_id          text,
     task_id         text,
-    received_at     timestamptz NOT NULL DEFAULT now()
+    received_at     timestamptz NOT NULL DEFAULT now(),
+    -- When an operator put it back to work (POST /api/dead-letters/{id}/requeue); NULL while open.
+    requeued_at     timestamptz
 );
 CREATE INDEX dead_letters_received_at_idx ON dead_letters (received_at);
 

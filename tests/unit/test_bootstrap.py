@@ -75,3 +75,41 @@ def test_azurite_runs_on_the_pinned_node_runtime() -> None:
 def test_the_postgres_server_binaries_are_found() -> None:
     bindir = bootstrap.find_postgres_bindir()
     assert bindir is not None and (bindir / "initdb").exists() and (bindir / "pg_ctl").exists()
+
+
+def test_chromium_for_the_browser_test_is_found_on_this_machine() -> None:
+    chromium = bootstrap.find_chromium()
+    assert chromium is not None and chromium.exists(), "make system-deps installs Debian's chromium"
+    assert bootstrap.REQUIREMENTS["chromium"].present()
+
+
+def test_a_missing_chromium_is_installed_with_apt_and_announced_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    installed: list[str] = []
+    commands: list[list[str]] = []
+
+    def fake_run(command: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        commands.append(command)
+        if "install" in command:
+            installed.append("chromium")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bootstrap, "find_chromium", lambda: Path("/usr/bin/chromium") if installed else None)
+    monkeypatch.setattr(bootstrap, "can_use_apt", lambda: True)
+    monkeypatch.setattr(bootstrap.subprocess, "run", fake_run)
+    assert bootstrap.install_system(["chromium"]) == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("geoetl: installing chromium fonts-liberation with apt-get:") and "browser test" in line
+    assert commands[0][-1] == "update"
+    assert commands[1][-3:] == ["--no-install-recommends", "chromium", "fonts-liberation"]
+
+
+def test_without_root_a_missing_chromium_is_named_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(bootstrap, "find_chromium", lambda: None)
+    monkeypatch.setattr(bootstrap, "can_use_apt", lambda: False)
+    assert bootstrap.install_system(["chromium"]) == 1
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert "apt-get install chromium fonts-liberation" in line
