@@ -34,8 +34,8 @@ help:
 
 deps: system-deps python-deps node-deps
 
-# Debian/Ubuntu packages behind: .venv (python3-venv), npm, the PostgreSQL server binaries. A remote
-# POSTGRES_HOST needs no local server.
+# Debian/Ubuntu packages behind: .venv (python3-venv), npm, Chromium (the dashboard's browser test),
+# the PostgreSQL server binaries. A remote POSTGRES_HOST needs no local server.
 system-deps:
 	@$(BOOTSTRAP) system python-venv npm chromium $(if $(filter-out 127.0.0.1 localhost ::1,$(POSTGRES_HOST)),,postgres)
 
@@ -48,8 +48,11 @@ python-deps: $(PY_STAMP)
 
 node-deps: $(NODE_STAMP)
 
-$(PY_STAMP): requirements.txt requirements-dev.txt | venv
+# Then the project itself, editable and without dependencies (the requirements pin them), for the
+# `geoetl` console script (pyproject.toml [project.scripts]).
+$(PY_STAMP): requirements.txt requirements-dev.txt pyproject.toml | venv
 	$(PY) -m pip install --disable-pip-version-check --no-input -q -r requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check --no-input -q --no-deps -e .
 	@touch $@
 
 # Two steps: the machine's npm installs the pinned Node.js runtime (+ npm) into devstack/node; that
@@ -63,6 +66,20 @@ $(NODE_RUNTIME_STAMP): $(NODE_RUNTIME)/package.json $(NODE_RUNTIME)/package-lock
 
 $(NODE_STAMP): package.json package-lock.json $(NODE_RUNTIME_STAMP)
 	@$(BOOTSTRAP) npm-ci
+	@touch $@
+
+# Offline infrastructure checkers for tests/unit/test_infra.py (checkov, pycep-parser), in their own
+# venv: their pins conflict with the app's. Reinstalled whole when requirements-infra.txt changes.
+INFRA_VENV := .stack/infra-venv
+INFRA_STAMP := $(INFRA_VENV)/.geoetl-infra-requirements.stamp
+
+.PHONY: infra-tools
+infra-tools: $(INFRA_STAMP)
+
+$(INFRA_STAMP): requirements-infra.txt | venv
+	rm -rf $(INFRA_VENV)
+	$(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --disable-pip-version-check --no-input -q -r requirements-infra.txt
 	@touch $@
 
 run: deps
@@ -82,7 +99,7 @@ migrate: python-deps
 
 # pytest's exit code 5 means "no tests collected": a failure here, never a silent pass.
 # The exit code is also left in .stack/pytest-exit-code for .ci/run.
-test: deps
+test: deps infra-tools
 	@mkdir -p .stack; rm -f .stack/pytest-exit-code; set +e; \
 	$(PY) -m pytest $(PYTEST_FLAGS); rc=$$?; echo $$rc > .stack/pytest-exit-code; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED - pytest collected no tests (exit code 5)" >&2; fi; \
