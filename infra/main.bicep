@@ -3,8 +3,9 @@
 //   az deployment group create -g <rg> --template-file infra/main.bicep --parameters @infra/main.parameters.json
 //
 // docs/deploy.md walks through the whole deployment (publish, first-run migrations, the Postgres
-// role of the managed identity, secret rotation) and explains every app setting set below.
-// Hand-written resources only (no registry modules), so every property is visible here.
+// role of the managed identity, secret rotation) and explains every app setting.
+// Hand-written resources only (no registry modules): this file takes the parameters and wires the
+// modules in modules/, one per concern, each resource with all its properties there.
 
 targetScope = 'resourceGroup'
 
@@ -246,16 +247,6 @@ param keyVaultCacheSeconds int = 300
 // Variables
 // ---------------------------------------------------------------------------------------------
 
-// Built-in role definition ids (the same in every tenant).
-var roleIds = {
-  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
-  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
-  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
-}
-
 // Default max_connections of each SKU ("Limits in Azure Database for PostgreSQL flexible server").
 var postgresDefaultMaxConnections = {
   Standard_B1ms: 50
@@ -282,366 +273,94 @@ var clientConnectionLimit = postgresPgBouncer ? pgBouncerMaxClientConnections : 
 var reservedConnections = postgresPgBouncer ? postgresAdminReservedConnections : postgresAzureReservedConnections + postgresAdminReservedConnections
 var dbPoolMaxSize = min(dbPoolMaxSizeCap, (clientConnectionLimit - reservedConnections) / maximumInstanceCount)
 
-var deploymentContainerName = 'app-package'
-var postgresUser = postgresAuth == 'entra' ? managedIdentity.name : postgresAppUser
-var queueNames = [
-  jobQueueName
-  '${jobQueueName}-poison'
-  taskQueueName
-  '${taskQueueName}-poison'
-  highPriorityTaskQueueName
-  '${highPriorityTaskQueueName}-poison'
-]
+var postgresUser = postgresAuth == 'entra' ? identity.outputs.identityName : postgresAppUser
 
 // ---------------------------------------------------------------------------------------------
-// Identity
+// Modules
 // ---------------------------------------------------------------------------------------------
 
-resource managedIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
-  name: identityName
-  location: location
-  tags: tags
-}
-
-// ---------------------------------------------------------------------------------------------
-// Monitoring
-// ---------------------------------------------------------------------------------------------
-
-resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
-  name: logAnalyticsName
-  location: location
-  tags: tags
-  properties: {
-    sku: {
-      name: 'PerGB2018'
-    }
-    retentionInDays: logRetentionDays
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'geoetl-monitoring'
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsName: logAnalyticsName
+    appInsightsName: appInsightsName
+    logRetentionDays: logRetentionDays
   }
 }
 
-resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
-  name: appInsightsName
-  location: location
-  tags: tags
-  kind: 'web'
-  properties: {
-    Application_Type: 'web'
-    WorkspaceResourceId: logAnalytics.id
-    // Ingestion only with an Entra token (the app identity, Monitoring Metrics Publisher below).
-    DisableLocalAuth: true
+module storage 'modules/storage.bicep' = {
+  name: 'geoetl-storage'
+  params: {
+    location: location
+    tags: tags
+    hostStorageAccountName: hostStorageAccountName
+    dataStorageAccountName: dataStorageAccountName
+    hostStorageSku: hostStorageSku
+    dataStorageSku: dataStorageSku
+    bronzeContainerName: bronzeContainerName
+    silverContainerName: silverContainerName
+    jobQueueName: jobQueueName
+    taskQueueName: taskQueueName
+    highPriorityTaskQueueName: highPriorityTaskQueueName
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Storage: host account (Functions host, queues, deployment package) and data account
-// ---------------------------------------------------------------------------------------------
-
-resource hostStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  //checkov:skip=CKV_AZURE_35: the Flex Consumption app has no VNet integration here; its outbound addresses are shared, so the firewall stays open and access is by Entra identity only (shared keys disabled)
-  //checkov:skip=CKV_AZURE_59: as CKV_AZURE_35 - public endpoint, Entra-only access; private endpoints need the VNet integration this template does not create
-  //checkov:skip=CKV_AZURE_206: zone-redundant (hostStorageSku, default Standard_ZRS) rather than geo-redundant: the account holds transient host state and queues and a package republished from source
-  //checkov:skip=CKV_AZURE_43: the name is a parameter (default: baseName + uniqueString, lowercase, at most 24 characters); the check cannot evaluate it
-  name: hostStorageAccountName
-  location: location
-  tags: tags
-  kind: 'StorageV2'
-  sku: {
-    name: hostStorageSku
-  }
-  properties: {
-    accessTier: 'Hot'
-    allowBlobPublicAccess: false
-    allowSharedKeyAccess: false
-    allowCrossTenantReplication: false
-    defaultToOAuthAuthentication: true
-    isLocalUserEnabled: false
-    isSftpEnabled: false
-    minimumTlsVersion: 'TLS1_2'
-    publicNetworkAccess: 'Enabled'
-    supportsHttpsTrafficOnly: true
-    networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: 'Allow'
-    }
+module keyVault 'modules/key-vault.bicep' = {
+  name: 'geoetl-key-vault'
+  params: {
+    location: location
+    tags: tags
+    keyVaultName: keyVaultName
   }
 }
 
-resource hostBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
-  parent: hostStorage
-  name: 'default'
-}
-
-resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: hostBlobService
-  name: deploymentContainerName
-  properties: {
-    publicAccess: 'None'
+module postgres 'modules/postgres.bicep' = {
+  name: 'geoetl-postgres'
+  params: {
+    location: location
+    tags: tags
+    postgresServerName: postgresServerName
+    postgresVersion: postgresVersion
+    postgresSkuName: postgresSkuName
+    postgresSkuTier: postgresSkuTier
+    postgresStorageSizeGB: postgresStorageSizeGB
+    postgresBackupRetentionDays: postgresBackupRetentionDays
+    postgresGeoRedundantBackup: postgresGeoRedundantBackup
+    postgresAuth: postgresAuth
+    postgresEntraAdminObjectId: postgresEntraAdminObjectId
+    postgresEntraAdminPrincipalName: postgresEntraAdminPrincipalName
+    postgresEntraAdminPrincipalType: postgresEntraAdminPrincipalType
+    postgresAdminLogin: postgresAdminLogin
+    postgresAdminPassword: postgresAdminPassword
+    postgresDatabaseName: postgresDatabaseName
+    postgresPublicNetworkAccess: postgresPublicNetworkAccess
+    postgresAllowAzureServices: postgresAllowAzureServices
+    postgresFirewallRules: postgresFirewallRules
+    postgresPgBouncer: postgresPgBouncer
+    pgBouncerMaxClientConnections: pgBouncerMaxClientConnections
+    pgBouncerDefaultPoolSize: pgBouncerDefaultPoolSize
+    postgresServerMaxConnections: postgresServerMaxConnections
   }
 }
 
-resource hostQueueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
-  parent: hostStorage
-  name: 'default'
-}
-
-resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for queueName in queueNames: {
-  parent: hostQueueService
-  name: queueName
-}]
-
-resource dataStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  //checkov:skip=CKV_AZURE_35: as on the host account - no VNet integration, so the firewall stays open and access is by Entra identity only (shared keys disabled)
-  //checkov:skip=CKV_AZURE_59: as CKV_AZURE_35 - public endpoint, Entra-only access
-  //checkov:skip=CKV_AZURE_206: redundancy is the parameter dataStorageSku, default Standard_GZRS (geo-redundant); the check cannot evaluate parameters
-  //checkov:skip=CKV_AZURE_43: the name is a parameter (default: baseName + uniqueString, lowercase, at most 24 characters); the check cannot evaluate it
-  name: dataStorageAccountName
-  location: location
-  tags: tags
-  kind: 'StorageV2'
-  sku: {
-    name: dataStorageSku
-  }
-  properties: {
-    accessTier: 'Hot'
-    allowBlobPublicAccess: false
-    allowSharedKeyAccess: false
-    allowCrossTenantReplication: false
-    defaultToOAuthAuthentication: true
-    isLocalUserEnabled: false
-    isSftpEnabled: false
-    minimumTlsVersion: 'TLS1_2'
-    publicNetworkAccess: 'Enabled'
-    supportsHttpsTrafficOnly: true
-    networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: 'Allow'
-    }
+// The identity and its role assignments, scoped to the resources of the modules above (their
+// names come from those modules' outputs, so the scopes exist first).
+module identity 'modules/identity.bicep' = {
+  name: 'geoetl-identity'
+  params: {
+    location: location
+    tags: tags
+    identityName: identityName
+    hostStorageAccountName: storage.outputs.hostStorageAccountName
+    dataStorageAccountName: storage.outputs.dataStorageAccountName
+    keyVaultName: keyVault.outputs.keyVaultName
+    appInsightsName: monitoring.outputs.appInsightsName
   }
 }
 
-resource dataBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
-  parent: dataStorage
-  name: 'default'
-  properties: {
-    deleteRetentionPolicy: {
-      enabled: true
-      days: 7
-    }
-    containerDeleteRetentionPolicy: {
-      enabled: true
-      days: 7
-    }
-  }
-}
-
-resource bronzeContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: dataBlobService
-  name: bronzeContainerName
-  properties: {
-    publicAccess: 'None'
-  }
-}
-
-resource silverContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: dataBlobService
-  name: silverContainerName
-  properties: {
-    publicAccess: 'None'
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Key Vault (RBAC): secrets named by *_SECRET_NAME settings (the Postgres password in password mode)
-// ---------------------------------------------------------------------------------------------
-
-resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  //checkov:skip=CKV_AZURE_109: the app reaches the vault from Flex Consumption shared outbound addresses (no VNet integration), so the firewall allows all; access needs an Entra token and an RBAC role
-  //checkov:skip=CKV_AZURE_189: public network access stays enabled for the same reason as CKV_AZURE_109
-  name: keyVaultName
-  location: location
-  tags: tags
-  properties: {
-    tenantId: subscription().tenantId
-    sku: {
-      family: 'A'
-      name: 'standard'
-    }
-    enableRbacAuthorization: true
-    enableSoftDelete: true
-    softDeleteRetentionInDays: 90
-    enablePurgeProtection: true
-    publicNetworkAccess: 'Enabled'
-    networkAcls: {
-      bypass: 'AzureServices'
-      defaultAction: 'Allow'
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// PostgreSQL Flexible Server (Entra authentication)
-// ---------------------------------------------------------------------------------------------
-
-resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
-  name: postgresServerName
-  location: location
-  tags: tags
-  sku: {
-    name: postgresSkuName
-    tier: postgresSkuTier
-  }
-  properties: {
-    version: postgresVersion
-    administratorLogin: postgresAuth == 'password' ? postgresAdminLogin : null
-    administratorLoginPassword: postgresAuth == 'password' ? postgresAdminPassword : null
-    authConfig: {
-      activeDirectoryAuth: 'Enabled'
-      passwordAuth: postgresAuth == 'password' ? 'Enabled' : 'Disabled'
-      tenantId: subscription().tenantId
-    }
-    storage: {
-      storageSizeGB: postgresStorageSizeGB
-      autoGrow: 'Enabled'
-    }
-    backup: {
-      backupRetentionDays: postgresBackupRetentionDays
-      geoRedundantBackup: postgresGeoRedundantBackup ? 'Enabled' : 'Disabled'
-    }
-    network: {
-      publicNetworkAccess: postgresPublicNetworkAccess
-    }
-    highAvailability: {
-      mode: 'Disabled'
-    }
-  }
-}
-
-resource postgresEntraAdmin 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01' = {
-  parent: postgres
-  name: postgresEntraAdminObjectId
-  properties: {
-    principalName: postgresEntraAdminPrincipalName
-    principalType: postgresEntraAdminPrincipalType
-    tenantId: subscription().tenantId
-  }
-}
-
-resource postgresDatabase 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = {
-  parent: postgres
-  name: postgresDatabaseName
-  properties: {
-    charset: 'UTF8'
-    collation: 'en_US.utf8'
-  }
-  dependsOn: [
-    postgresEntraAdmin
-  ]
-}
-
-// Child resources of the server are created one at a time (dependsOn chain): the server takes one
-// change at a time.
-resource postgresExtensions 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
-  parent: postgres
-  name: 'azure.extensions'
-  properties: {
-    value: 'POSTGIS'
-    source: 'user-override'
-  }
-  dependsOn: [
-    postgresDatabase
-  ]
-}
-
-resource postgresMaxConnectionsParameter 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
-  parent: postgres
-  name: 'max_connections'
-  properties: {
-    value: string(postgresServerMaxConnections)
-    source: 'user-override'
-  }
-  dependsOn: [
-    postgresExtensions
-  ]
-}
-
-resource postgresRequireTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
-  parent: postgres
-  name: 'require_secure_transport'
-  properties: {
-    value: 'ON'
-    source: 'user-override'
-  }
-  dependsOn: [
-    postgresMaxConnectionsParameter
-  ]
-}
-
-resource postgresPgBouncerEnabled 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (postgresPgBouncer) {
-  parent: postgres
-  name: 'pgbouncer.enabled'
-  properties: {
-    value: 'true'
-    source: 'user-override'
-  }
-  dependsOn: [
-    postgresRequireTls
-  ]
-}
-
-resource postgresPgBouncerMaxClients 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (postgresPgBouncer) {
-  parent: postgres
-  name: 'pgbouncer.max_client_conn'
-  properties: {
-    value: string(pgBouncerMaxClientConnections)
-    source: 'user-override'
-  }
-  dependsOn: [
-    postgresPgBouncerEnabled
-  ]
-}
-
-resource postgresPgBouncerPoolSize 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = if (postgresPgBouncer) {
-  parent: postgres
-  name: 'pgbouncer.default_pool_size'
-  properties: {
-    value: string(pgBouncerDefaultPoolSize)
-    source: 'user-override'
-  }
-  dependsOn: [
-    postgresPgBouncerMaxClients
-  ]
-}
-
-resource postgresAllowAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = if (postgresAllowAzureServices && postgresPublicNetworkAccess == 'Enabled') {
-  parent: postgres
-  name: 'AllowAllAzureServicesAndResourcesWithinAzureIps'
-  properties: {
-    startIpAddress: '0.0.0.0'
-    endIpAddress: '0.0.0.0'
-  }
-  dependsOn: [
-    postgresRequireTls
-    postgresPgBouncerPoolSize
-  ]
-}
-
-@batchSize(1)
-resource postgresExtraFirewallRules 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = [for rule in postgresFirewallRules: if (postgresPublicNetworkAccess == 'Enabled') {
-  parent: postgres
-  name: rule.name
-  properties: {
-    startIpAddress: rule.startIpAddress
-    endIpAddress: rule.endIpAddress
-  }
-  dependsOn: [
-    postgresAllowAzure
-  ]
-}]
-
-// ---------------------------------------------------------------------------------------------
-// Connection budget (fails the deployment when an instance would get no pooled connection)
-// ---------------------------------------------------------------------------------------------
-
+// Fails the deployment when an instance would get no pooled connection.
 module connectionBudget 'modules/connection-budget.bicep' = {
   name: 'geoetl-connection-budget'
   params: {
@@ -653,271 +372,66 @@ module connectionBudget 'modules/connection-budget.bicep' = {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Role assignments of the app identity: exactly what the code and the Functions host use
-// ---------------------------------------------------------------------------------------------
-
-// Host account, blobs: the host's keys, leases and timer state (azure-webjobs-*), the Flex
-// deployment package. Owner (not Contributor) is what identity-based AzureWebJobsStorage needs.
-resource hostBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(hostStorage.id, managedIdentity.id, roleIds.storageBlobDataOwner)
-  scope: hostStorage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataOwner)
-    principalId: managedIdentity.properties.principalId
-    principalType: 'ServicePrincipal'
+// Deploys after every module above (it reads their outputs): containers, queues, roles first.
+module functionApp 'modules/function-app.bicep' = {
+  name: 'geoetl-function-app'
+  params: {
+    location: location
+    tags: tags
+    functionAppName: functionAppName
+    planName: planName
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    pythonVersion: pythonVersion
+    identityId: identity.outputs.identityId
+    identityClientId: identity.outputs.identityClientId
+    hostStorageAccountName: storage.outputs.hostStorageAccountName
+    hostBlobEndpoint: storage.outputs.hostBlobEndpoint
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    dataStorageAccountName: storage.outputs.dataStorageAccountName
+    bronzeContainerName: bronzeContainerName
+    silverContainerName: silverContainerName
+    jobQueueName: jobQueueName
+    taskQueueName: taskQueueName
+    highPriorityTaskQueueName: highPriorityTaskQueueName
+    postgresHost: postgres.outputs.postgresHost
+    postgresDatabaseName: postgresDatabaseName
+    postgresUser: postgresUser
+    postgresAuth: postgresAuth
+    postgresPasswordSecretName: postgresPasswordSecretName
+    postgresPgBouncer: postgresPgBouncer
+    postgresSchema: postgresSchema
+    clientConnectionLimit: connectionBudget.outputs.clientConnectionLimit
+    reservedConnections: connectionBudget.outputs.reservedConnections
+    appMaxInstances: connectionBudget.outputs.appMaxInstances
+    dbPoolMaxSize: connectionBudget.outputs.dbPoolMaxSize
+    dbPoolMinSize: connectionBudget.outputs.dbPoolMinSize
+    keyVaultUrl: keyVault.outputs.keyVaultUrl
+    keyVaultCacheSeconds: keyVaultCacheSeconds
+    appInsightsConnectionString: monitoring.outputs.appInsightsConnectionString
+    logLevel: logLevel
   }
-}
-
-// Host account, queues: the queue triggers, their -poison queues, the app's own sends.
-resource hostQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(hostStorage.id, managedIdentity.id, roleIds.storageQueueDataContributor)
-  scope: hostStorage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageQueueDataContributor)
-    principalId: managedIdentity.properties.principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// Host account, tables: the app code uses no table, but the Functions host writes its diagnostic
-// events to a table in AzureWebJobsStorage; without this role it logs an authorization error for
-// each. Scoped to the host account only (which holds nothing but host state and queues).
-resource hostTableContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(hostStorage.id, managedIdentity.id, roleIds.storageTableDataContributor)
-  scope: hostStorage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageTableDataContributor)
-    principalId: managedIdentity.properties.principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// Data account: jobs read bronze (and GDAL /vsiaz/ with an OAuth token) and write silver.
-resource dataBlobContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(dataStorage.id, managedIdentity.id, roleIds.storageBlobDataContributor)
-  scope: dataStorage
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataContributor)
-    principalId: managedIdentity.properties.principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// Key Vault: read secret values (POSTGRES_PASSWORD_SECRET_NAME); no list, no write.
-resource keyVaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(keyVault.id, managedIdentity.id, roleIds.keyVaultSecretsUser)
-  scope: keyVault
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.keyVaultSecretsUser)
-    principalId: managedIdentity.properties.principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// Application Insights with local auth disabled: telemetry is sent with the identity's token.
-resource appInsightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(appInsights.id, managedIdentity.id, roleIds.monitoringMetricsPublisher)
-  scope: appInsights
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.monitoringMetricsPublisher)
-    principalId: managedIdentity.properties.principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Function App on Flex Consumption
-// ---------------------------------------------------------------------------------------------
-
-resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_225: zone redundancy of Flex Consumption needs always-ready instances (billed while idle); not enabled by default
-  name: planName
-  location: location
-  tags: tags
-  kind: 'functionapp'
-  sku: {
-    tier: 'FlexConsumption'
-    name: 'FC1'
-  }
-  properties: {
-    reserved: true
-  }
-}
-
-// Every app setting the code reads in Azure (schemas/settings.py; docs/deploy.md has the table),
-// applied by functionAppSettings below.
-// Not here, on purpose: FUNCTIONS_WORKER_RUNTIME (functionAppConfig.runtime on Flex),
-// FUNCTIONS_EXTENSION_VERSION (set by the platform on Flex), WEBSITE_RUN_FROM_PACKAGE (Flex runs
-// from functionAppConfig.deployment), and every connection string, key or password.
-var appSettings = {
-  // Host storage, identity-based (the host reads the __ settings; the code reads accountName).
-  AzureWebJobsStorage__accountName: hostStorage.name
-  AzureWebJobsStorage__credential: 'managedidentity'
-  AzureWebJobsStorage__clientId: managedIdentity.properties.clientId
-  // Data storage (bronze/silver), identity-based.
-  DATA_STORAGE__accountName: dataStorage.name
-  // The user-assigned identity for DefaultAzureCredential (storage, GDAL, Postgres, Key Vault).
-  AZURE_CLIENT_ID: managedIdentity.properties.clientId
-  INPUT_CONTAINERS: bronzeContainerName
-  OUTPUT_CONTAINERS: silverContainerName
-  BRONZE_CONTAINER: bronzeContainerName
-  SILVER_CONTAINER: silverContainerName
-  JOB_QUEUE: jobQueueName
-  TASK_QUEUE: taskQueueName
-  HIGH_PRIORITY_TASK_QUEUE: highPriorityTaskQueueName
-  // Postgres.
-  POSTGRES_HOST: postgres.properties.fullyQualifiedDomainName
-  POSTGRES_PORT: postgresPgBouncer ? '6432' : '5432'
-  POSTGRES_DB: postgresDatabaseName
-  POSTGRES_USER: postgresUser
-  POSTGRES_SSLMODE: 'require'
-  POSTGRES_AUTH: postgresAuth
-  POSTGRES_PASSWORD_SECRET_NAME: postgresAuth == 'password' ? postgresPasswordSecretName : ''
-  POSTGRES_PGBOUNCER: postgresPgBouncer ? 'true' : 'false'
-  POSTGRES_SCHEMA: postgresSchema
-  // Connection budget: DB_POOL_MAX_SIZE x APP_MAX_INSTANCES <= POSTGRES_MAX_CONNECTIONS - POSTGRES_RESERVED_CONNECTIONS.
-  POSTGRES_MAX_CONNECTIONS: string(connectionBudget.outputs.clientConnectionLimit)
-  POSTGRES_RESERVED_CONNECTIONS: string(connectionBudget.outputs.reservedConnections)
-  APP_MAX_INSTANCES: string(connectionBudget.outputs.appMaxInstances)
-  DB_POOL_MAX_SIZE: string(connectionBudget.outputs.dbPoolMaxSize)
-  DB_POOL_MIN_SIZE: string(connectionBudget.outputs.dbPoolMinSize)
-  DB_CONNECT_TIMEOUT_SECONDS: '10'
-  DB_POOL_TIMEOUT_SECONDS: '30'
-  DB_RECONNECT_TIMEOUT_SECONDS: '5'
-  DB_HTTP_ACQUIRE_TIMEOUT_SECONDS: '2'
-  // Key Vault.
-  KEY_VAULT_URL: keyVault.properties.vaultUri
-  KEY_VAULT_CACHE_SECONDS: string(keyVaultCacheSeconds)
-  // HTTP API limits.
-  MAX_REQUEST_BYTES: '262144'
-  JOB_LIST_MAX_LIMIT: '200'
-  BLOB_LIST_MAX_LIMIT: '1000'
-  CONTAINER_LIST_MAX_LIMIT: '100'
-  CONTAINER_BLOB_COUNT_CAP: '1000'
-  // Task execution.
-  TASK_MAX_ATTEMPTS: '3'
-  TASK_RETRY_BASE_SECONDS: '1'
-  TASK_RETRY_MAX_SECONDS: '60'
-  TASK_LEASE_SECONDS: '30'
-  INLINE_CHAIN_SECONDS: '60'
-  PUBLISH_CONCURRENCY: '16'
-  MAX_MESSAGE_DEFERRALS: '20'
-  DEFERRAL_MAX_SECONDS: '60'
-  CIRCUIT_FAIL_MAX: '5'
-  CIRCUIT_RESET_SECONDS: '10'
-  // Janitor (timer trigger %JANITOR_SCHEDULE%).
-  JANITOR_SCHEDULE: '*/10 * * * * *'
-  JANITOR_OUTBOX_GRACE_SECONDS: '30'
-  JANITOR_LEASE_GRACE_SECONDS: '5'
-  JANITOR_REQUEUE_QUEUED_AFTER_SECONDS: '900'
-  JANITOR_STALLED_JOB_AFTER_SECONDS: '120'
-  POISON_RETENTION_HOURS: '168'
-  // Raster jobs: one 1 GiB conversion at a time per process (instanceMemoryMB 4096).
-  RASTER_TASK_MEMORY_BUDGET_BYTES: '1073741824'
-  RASTER_WORKER_BASELINE_BYTES: '335544320'
-  GDAL_THREADS: '2'
-  RASTER_CONVERSIONS_PER_PROCESS: '1'
-  MAX_TASKS_PER_STAGE: '10000'
-  LOG_LEVEL: logLevel
-  // Telemetry, sent with the identity's Entra token (Application Insights local auth is off).
-  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
-  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${managedIdentity.properties.clientId};Authorization=AAD'
-}
-
-resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_17: client certificates are not used: HTTP routes use function keys (AuthLevel.FUNCTION); /api/health is anonymous
-  //checkov:skip=CKV_AZURE_222: public network access stays enabled: the HTTP API is the app's interface (function keys) and no private endpoint is created here
-  //checkov:skip=CKV_AZURE_212: Flex Consumption has no minimum instance count (it scales to zero); always-ready instances would be billed while idle
-  //checkov:skip=CKV_AZURE_213: siteConfig.healthCheckPath is not configured (Flex Consumption scales per function and to zero); GET /api/health (anonymous) serves external probes
-  name: functionAppName
-  location: location
-  tags: tags
-  kind: 'functionapp,linux'
-  identity: {
-    type: 'UserAssigned'
-    userAssignedIdentities: {
-      '${managedIdentity.id}': {}
-    }
-  }
-  properties: {
-    serverFarmId: plan.id
-    httpsOnly: true
-    clientCertEnabled: false
-    publicNetworkAccess: 'Enabled'
-    functionAppConfig: {
-      deployment: {
-        storage: {
-          type: 'blobContainer'
-          value: '${hostStorage.properties.primaryEndpoints.blob}${deploymentContainerName}'
-          authentication: {
-            type: 'UserAssignedIdentity'
-            userAssignedIdentityResourceId: managedIdentity.id
-          }
-        }
-      }
-      scaleAndConcurrency: {
-        maximumInstanceCount: maximumInstanceCount
-        instanceMemoryMB: instanceMemoryMB
-      }
-      runtime: {
-        name: 'python'
-        version: pythonVersion
-      }
-    }
-    siteConfig: {
-      minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
-      http20Enabled: true
-    }
-  }
-  dependsOn: [
-    deploymentContainer
-    queues
-    bronzeContainer
-    silverContainer
-    hostBlobOwner
-    hostQueueContributor
-    hostTableContributor
-    dataBlobContributor
-    keyVaultSecretsUser
-    appInsightsPublisher
-  ]
-}
-
-// The app settings, as one map (ARM replaces the whole set with it on every deployment).
-resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_13: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  //checkov:skip=CKV_AZURE_63: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  //checkov:skip=CKV_AZURE_65: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  //checkov:skip=CKV_AZURE_66: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  //checkov:skip=CKV_AZURE_80: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  //checkov:skip=CKV_AZURE_88: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  //checkov:skip=CKV_AZURE_222: false positive: this is the appsettings config resource, and the check reads web-config properties (siteConfig) that it never has
-  parent: functionApp
-  name: 'appsettings'
-  properties: appSettings
 }
 
 // ---------------------------------------------------------------------------------------------
 // Outputs
 // ---------------------------------------------------------------------------------------------
 
-output apiBaseUrl string = 'https://${functionApp.properties.defaultHostName}/api'
-output functionAppName string = functionApp.name
+output apiBaseUrl string = 'https://${functionApp.outputs.defaultHostName}/api'
+output functionAppName string = functionApp.outputs.functionAppName
 output resourceGroupName string = resourceGroup().name
-output identityName string = managedIdentity.name
-output identityClientId string = managedIdentity.properties.clientId
-output identityPrincipalId string = managedIdentity.properties.principalId
-output hostStorageAccountName string = hostStorage.name
-output dataStorageAccountName string = dataStorage.name
-output postgresServerName string = postgres.name
-output postgresHost string = postgres.properties.fullyQualifiedDomainName
-output postgresDatabaseName string = postgresDatabase.name
+output identityName string = identity.outputs.identityName
+output identityClientId string = identity.outputs.identityClientId
+output identityPrincipalId string = identity.outputs.identityPrincipalId
+output hostStorageAccountName string = storage.outputs.hostStorageAccountName
+output dataStorageAccountName string = storage.outputs.dataStorageAccountName
+output postgresServerName string = postgres.outputs.postgresServerName
+output postgresHost string = postgres.outputs.postgresHost
+output postgresDatabaseName string = postgres.outputs.postgresDatabaseName
 output postgresAppRole string = postgresUser
-output keyVaultName string = keyVault.name
-output keyVaultUrl string = keyVault.properties.vaultUri
-output appInsightsName string = appInsights.name
-output logAnalyticsName string = logAnalytics.name
+output keyVaultName string = keyVault.outputs.keyVaultName
+output keyVaultUrl string = keyVault.outputs.keyVaultUrl
+output appInsightsName string = monitoring.outputs.appInsightsName
+output logAnalyticsName string = monitoring.outputs.logAnalyticsName
 output dbPoolMaxSize int = connectionBudget.outputs.dbPoolMaxSize
 output connectionsAtFullScale int = connectionBudget.outputs.connectionsAtFullScale

@@ -1,11 +1,12 @@
-"""infra/main.bicep and .funcignore, checked offline.
+"""infra/*.bicep (main.bicep and the modules it wires) and .funcignore, checked offline.
 
 - checkov (from the infra venv, `make infra-tools`) finds no failed check in infra/; every skip is
   annotated in the Bicep with its reason.
-- The Bicep, parsed with pycep-parser: every app setting the code reads (schemas.settings) is set
-  on the Function App, bar a short explicit list; the app identity holds exactly the roles the code
-  and the Functions host need, each on the right resource; both storage accounts refuse shared keys;
-  the Key Vault uses RBAC; the connection budget holds for the default parameters.
+- The Bicep, parsed with pycep-parser and followed across modules (tests/support/bicep.py): every
+  module call passes the module's parameters; every app setting the code reads (schemas.settings)
+  is set on the Function App, bar a short explicit list; the app identity holds exactly the roles
+  the code and the Functions host need, each on the right resource; both storage accounts refuse
+  shared keys; the Key Vault uses RBAC; the connection budget holds for the default parameters.
 - .funcignore (gitignore semantics, via pathspec) drops the heavy and local-only paths and keeps
   every file the app needs at run time.
 
@@ -29,13 +30,19 @@ from tests.support.bicep import (
     INFRA_DIR,
     MAIN_BICEP,
     PROJECT_ROOT,
+    AppSettings,
+    Deployment,
     InfraToolsMissingError,
+    ParameterRef,
+    ResourceKey,
+    ResourceRef,
+    Value,
     accessor_path,
     app_settings,
-    parse_bicep,
-    resources_of_type,
+    load_deployment,
     role_assignments,
     run_checkov,
+    walk,
 )
 
 # Settings the code can read that are deliberately NOT set on the Function App, with the reason.
@@ -82,39 +89,51 @@ AZURE_RESERVED_CONNECTIONS = 15
 
 
 @pytest.fixture(scope="module")
-def bicep() -> dict[str, Any]:
+def deployment() -> Deployment:
     try:
-        return parse_bicep(MAIN_BICEP)
+        return load_deployment(MAIN_BICEP)
     except InfraToolsMissingError as exc:
         pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="module")
-def site_name(bicep: dict[str, Any]) -> str:
-    sites = resources_of_type(bicep, "Microsoft.Web/sites")
-    assert len(sites) == 1, f"one Function App expected, found {sorted(sites)}"
+def site_key(deployment: Deployment) -> ResourceKey:
+    sites = deployment.resources_of_type("Microsoft.Web/sites")
+    assert len(sites) == 1, f"one Function App expected, found {[str(key) for key in sites]}"
     return next(iter(sites))
 
 
 @pytest.fixture(scope="module")
-def site(bicep: dict[str, Any], site_name: str) -> dict[str, Any]:
-    return resources_of_type(bicep, "Microsoft.Web/sites")[site_name]
+def site(deployment: Deployment, site_key: ResourceKey) -> dict[str, Any]:
+    return deployment.resources_of_type("Microsoft.Web/sites")[site_key]
 
 
 @pytest.fixture(scope="module")
-def settings_nodes(bicep: dict[str, Any], site_name: str) -> dict[str, Any]:
-    return app_settings(bicep, site_name)
+def appsettings(deployment: Deployment, site_key: ResourceKey) -> AppSettings:
+    return app_settings(deployment, site_key)
 
 
-def _target(settings_nodes: dict[str, Any], name: str) -> str:
-    """The symbolic resource name an app setting is read from (``hostStorage`` for hostStorage.name)."""
-    path = accessor_path(settings_nodes[name])
-    assert path, f"{name} is not a reference to a resource property: {settings_nodes[name]}"
-    return path[0]
+@pytest.fixture(scope="module")
+def settings_nodes(appsettings: AppSettings) -> dict[str, Any]:
+    return appsettings.nodes
 
 
-def _default(bicep: dict[str, Any], parameter: str) -> Any:
-    return bicep["parameters"][parameter]["default"]
+def _target(deployment: Deployment, appsettings: AppSettings, name: str) -> ResourceKey:
+    """The resource an app setting is read from (the host account for its name, wherever it is declared)."""
+    resolved = deployment.resolve(appsettings.module, appsettings.nodes[name])
+    assert isinstance(resolved, ResourceRef), f"{name} is not a reference to a resource property: {resolved}"
+    return resolved.resource
+
+
+def _default(deployment: Deployment, parameter: str) -> Any:
+    return deployment.root.section("parameters")[parameter]["default"]
+
+
+def _default_of(deployment: Deployment, module: tuple[str, ...], node: Any) -> Any:
+    """The default of the main.bicep parameter that ``node`` (read in ``module``) comes from."""
+    resolved = deployment.resolve(module, node)
+    assert isinstance(resolved, ParameterRef) and not resolved.path, f"{node} is not a main.bicep parameter"
+    return _default(deployment, resolved.name)
 
 
 # --- checkov -------------------------------------------------------------------------------------
@@ -145,6 +164,33 @@ def test_every_checkov_skip_gives_its_reason() -> None:
     assert annotated > 0
 
 
+# --- module wiring -------------------------------------------------------------------------------
+
+
+def test_every_module_call_passes_the_module_parameters_and_reads_existing_outputs(deployment: Deployment) -> None:
+    assert len(deployment.files) > 1, "main.bicep calls no module"
+    for module, file in deployment.files.items():
+        if module:
+            parameters = file.section("parameters")
+            arguments = deployment.arguments(module)
+            unknown = sorted(set(arguments) - set(parameters))
+            required = {name for name, parameter in parameters.items() if parameter.get("default") is None}
+            missing = sorted(required - set(arguments))
+            assert not unknown, f"the call of {file.path.name} passes parameters it does not declare: {unknown}"
+            assert not missing, f"the call of {file.path.name} lacks required parameters: {missing}"
+        read = set()
+        for node in walk(file.document):
+            path = accessor_path(node) if isinstance(node, dict) else []
+            if len(path) >= 3 and path[1] == "outputs":
+                read.add((path[0], path[2]))
+            if isinstance(node, str):
+                read |= set(re.findall(r"\b(\w+)\.outputs\.(\w+)", node))
+        for name, output in sorted(read):
+            child = (*module, name)
+            assert child in deployment.files, f"{file.path.name}: {name} is not a module"
+            assert output in deployment.files[child].section("outputs"), f"{file.path.name}: {name} has no {output}"
+
+
 # --- app settings --------------------------------------------------------------------------------
 
 
@@ -152,7 +198,7 @@ def test_every_setting_the_code_reads_is_set_on_the_function_app(settings_nodes:
     read_by_code = set(setting_env_names().values())
     assert set(NOT_SET_IN_AZURE) <= read_by_code, "an exemption names a setting the code no longer reads"
     missing = sorted(read_by_code - set(NOT_SET_IN_AZURE) - set(settings_nodes))
-    assert not missing, f"app settings the code reads but main.bicep does not set: {missing}"
+    assert not missing, f"app settings the code reads but the Bicep does not set: {missing}"
 
 
 def test_the_function_app_sets_no_unknown_or_forbidden_setting(settings_nodes: dict[str, Any]) -> None:
@@ -161,44 +207,47 @@ def test_the_function_app_sets_no_unknown_or_forbidden_setting(settings_nodes: d
     assert not sorted(set(settings_nodes) & FORBIDDEN_SETTINGS), "settings Flex Consumption forbids, or secrets"
 
 
-def _resolve(bicep: dict[str, Any], node: Any) -> str | None:
+def _resolve(deployment: Deployment, module: tuple[str, ...], node: Any) -> str | None:
     """An app setting value as text, when it is a literal, a parameter default or a variable; else None."""
     if isinstance(node, bool):
         return "true" if node else "false"
     if isinstance(node, int):
         return str(node)
-    if isinstance(node, str):
-        if node in bicep["parameters"]:
-            default = bicep["parameters"][node].get("default")
-            return None if default is None or isinstance(default, dict) else _resolve(bicep, default)
-        if node in bicep["variables"]:
-            return _resolve(bicep, bicep["variables"][node]["value"])
-        return node
     if isinstance(node, dict) and node.get("function", {}).get("type") == "string":
-        return _resolve(bicep, node["function"]["parameters"]["value_to_convert"])
+        return _resolve(deployment, module, node["function"]["parameters"]["value_to_convert"])
+    resolved = deployment.resolve(module, node)
+    if isinstance(resolved, ParameterRef):
+        default = deployment.root.section("parameters")[resolved.name].get("default")
+        if resolved.path or default is None or isinstance(default, dict):
+            return None
+        return _resolve(deployment, (), default)
+    if isinstance(resolved, Value):
+        if isinstance(resolved.node, str):
+            return resolved.node
+        return None if resolved.node == node else _resolve(deployment, resolved.module, resolved.node)
     return None
 
 
-def _budget_defaults(bicep: dict[str, Any]) -> dict[str, int]:
+def _budget_defaults(deployment: Deployment) -> dict[str, int]:
     """The connection budget main.bicep computes for its default parameters (no PgBouncer)."""
-    assert _default(bicep, "postgresPgBouncer") is False
-    sku = _default(bicep, "postgresSkuName")
-    table = bicep["variables"]["postgresDefaultMaxConnections"]["value"]
-    max_connections = _default(bicep, "postgresMaxConnections") or table[sku]
-    reserved = AZURE_RESERVED_CONNECTIONS + _default(bicep, "postgresAdminReservedConnections")
-    instances = _default(bicep, "maximumInstanceCount")
-    pool = min(_default(bicep, "dbPoolMaxSizeCap"), (max_connections - reserved) // instances)
+    assert _default(deployment, "postgresPgBouncer") is False
+    sku = _default(deployment, "postgresSkuName")
+    table = deployment.root.section("variables")["postgresDefaultMaxConnections"]["value"]
+    max_connections = _default(deployment, "postgresMaxConnections") or table[sku]
+    reserved = AZURE_RESERVED_CONNECTIONS + _default(deployment, "postgresAdminReservedConnections")
+    instances = _default(deployment, "maximumInstanceCount")
+    pool = min(_default(deployment, "dbPoolMaxSizeCap"), (max_connections - reserved) // instances)
     return {
         "POSTGRES_MAX_CONNECTIONS": max_connections,
         "POSTGRES_RESERVED_CONNECTIONS": reserved,
         "APP_MAX_INSTANCES": instances,
         "DB_POOL_MAX_SIZE": pool,
-        "DB_POOL_MIN_SIZE": min(_default(bicep, "dbPoolMinSize"), pool),
+        "DB_POOL_MIN_SIZE": min(_default(deployment, "dbPoolMinSize"), pool),
     }
 
 
 def test_the_app_settings_of_the_default_deployment_are_valid_settings(
-    bicep: dict[str, Any], settings_nodes: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    deployment: Deployment, appsettings: AppSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the template sets, with stand-ins for values only Azure knows, is accepted by Settings."""
     known_in_azure = {
@@ -215,11 +264,11 @@ def test_the_app_settings_of_the_default_deployment_are_valid_settings(
         "POSTGRES_PORT": "5432",
         "POSTGRES_PGBOUNCER": "false",
         "POSTGRES_PASSWORD_SECRET_NAME": "",
-    } | {name: str(value) for name, value in _budget_defaults(bicep).items()}
+    } | {name: str(value) for name, value in _budget_defaults(deployment).items()}
     environment: dict[str, str] = {}
     unresolved = []
-    for name, node in settings_nodes.items():
-        value = known_in_azure.get(name, _resolve(bicep, node))
+    for name, node in appsettings.nodes.items():
+        value = known_in_azure.get(name, _resolve(deployment, appsettings.module, node))
         if value is None:
             unresolved.append(name)
         else:
@@ -242,26 +291,40 @@ def test_the_app_settings_of_the_default_deployment_are_valid_settings(
 
 
 def test_the_connection_budget_is_derived_from_the_sku_and_the_instance_limit(
-    bicep: dict[str, Any], site: dict[str, Any], settings_nodes: dict[str, Any]
+    deployment: Deployment, site_key: ResourceKey, site: dict[str, Any], appsettings: AppSettings
 ) -> None:
-    budget = _budget_defaults(bicep)
+    budget = _budget_defaults(deployment)
     assert budget["DB_POOL_MAX_SIZE"] >= 1
     assert budget["DB_POOL_MAX_SIZE"] * budget["APP_MAX_INSTANCES"] <= (
         budget["POSTGRES_MAX_CONNECTIONS"] - budget["POSTGRES_RESERVED_CONNECTIONS"]
     )
-    # Each budget setting is the connection-budget module's output (its @minValue(1) guard).
+    # Each budget setting is the connection-budget module's output (its @minValue(1) guard), passed
+    # down to the module that sets it.
     module_name = "connectionBudget"
-    assert module_name in bicep["modules"]
-    for name in budget:
-        path = accessor_path(settings_nodes[name]["function"]["parameters"]["value_to_convert"])
-        assert path[:2] == [module_name, "outputs"], f"{name} must be a connectionBudget output: {path}"
+    modules = deployment.root.section("modules")
+    assert module_name in modules
+    outputs = {
+        "POSTGRES_MAX_CONNECTIONS": "clientConnectionLimit",
+        "POSTGRES_RESERVED_CONNECTIONS": "reservedConnections",
+        "APP_MAX_INSTANCES": "appMaxInstances",
+        "DB_POOL_MAX_SIZE": "dbPoolMaxSize",
+        "DB_POOL_MIN_SIZE": "dbPoolMinSize",
+    }
+    assert set(outputs) == set(budget)
+    for name, output in outputs.items():
+        module, node = appsettings.module, appsettings.nodes[name]["function"]["parameters"]["value_to_convert"]
+        while module and isinstance(node, str) and node in deployment.files[module].section("parameters"):
+            module, node = module[:-1], deployment.arguments(module)[node]  # up to the caller's argument
+        path = accessor_path(node)
+        assert (module, path) == ((), [module_name, "outputs", output]), f"{name} must be {module_name} {output}"
     # The instance limit the budget divides by is the one Flex Consumption enforces.
     scale = site["properties"]["functionAppConfig"]["scaleAndConcurrency"]
-    module_params = bicep["modules"][module_name]["config"]["params"]
-    assert scale["maximumInstanceCount"] == module_params["maximumInstanceCount"] == "maximumInstanceCount"
-    assert bicep["modules"][module_name]["detail"]["path"] == "modules/connection-budget.bicep"
-    module = parse_bicep(INFRA_DIR / "modules" / "connection-budget.bicep")
-    decorators = {d["type"]: d["argument"] for d in module["parameters"]["dbPoolMaxSize"]["decorators"]}
+    instance_limit = deployment.resolve(site_key.module, scale["maximumInstanceCount"])
+    budget_argument = deployment.resolve((), modules[module_name]["config"]["params"]["maximumInstanceCount"])
+    assert instance_limit == budget_argument == ParameterRef("maximumInstanceCount")
+    assert modules[module_name]["detail"]["path"] == "modules/connection-budget.bicep"
+    budget_module = deployment.files[(module_name,)].document
+    decorators = {d["type"]: d["argument"] for d in budget_module["parameters"]["dbPoolMaxSize"]["decorators"]}
     assert decorators.get("min_value") == 1
 
 
@@ -269,28 +332,30 @@ def test_the_connection_budget_is_derived_from_the_sku_and_the_instance_limit(
 
 
 def test_the_app_identity_holds_exactly_the_roles_it_needs(
-    bicep: dict[str, Any], site: dict[str, Any], settings_nodes: dict[str, Any]
+    deployment: Deployment, site_key: ResourceKey, site: dict[str, Any], appsettings: AppSettings
 ) -> None:
     identities = list(site["identity"]["userAssignedIdentities"])
     assert site["identity"]["type"] == "UserAssigned" and len(identities) == 1
-    identity = re.fullmatch(r"'\$\{(\w+)\.id\}'", identities[0])
-    assert identity, f"unexpected identity reference {identities[0]}"
-    identity_name = identity.group(1)
-    assert _target(settings_nodes, "AZURE_CLIENT_ID") == identity_name
-    assert _target(settings_nodes, "AzureWebJobsStorage__clientId") == identity_name
+    reference = deployment.interpolated(site_key.module, identities[0].strip("'"))
+    assert len(reference) == 1 and isinstance(reference[0], ResourceRef), f"unexpected identity {identities[0]}"
+    assert reference[0].path == ("id",), f"unexpected identity reference {identities[0]}"
+    identity = reference[0].resource
+    assert identity in deployment.resources_of_type("Microsoft.ManagedIdentity/userAssignedIdentities")
+    assert _target(deployment, appsettings, "AZURE_CLIENT_ID") == identity
+    assert _target(deployment, appsettings, "AzureWebJobsStorage__clientId") == identity
 
-    host = _target(settings_nodes, "AzureWebJobsStorage__accountName")
-    data = _target(settings_nodes, "DATA_STORAGE__accountName")
-    vault = _target(settings_nodes, "KEY_VAULT_URL")
-    insights = _target(settings_nodes, "APPLICATIONINSIGHTS_CONNECTION_STRING")
-    accounts = resources_of_type(bicep, "Microsoft.Storage/storageAccounts")
+    host = _target(deployment, appsettings, "AzureWebJobsStorage__accountName")
+    data = _target(deployment, appsettings, "DATA_STORAGE__accountName")
+    vault = _target(deployment, appsettings, "KEY_VAULT_URL")
+    insights = _target(deployment, appsettings, "APPLICATIONINSIGHTS_CONNECTION_STRING")
+    accounts = deployment.resources_of_type("Microsoft.Storage/storageAccounts")
     assert host in accounts and data in accounts and host != data
-    assert vault in resources_of_type(bicep, "Microsoft.KeyVault/vaults")
-    assert insights in resources_of_type(bicep, "Microsoft.Insights/components")
+    assert vault in deployment.resources_of_type("Microsoft.KeyVault/vaults")
+    assert insights in deployment.resources_of_type("Microsoft.Insights/components")
 
     assigned = set()
-    for assignment in role_assignments(bicep):
-        assert assignment.principal == [identity_name, "properties", "principalId"], assignment
+    for assignment in role_assignments(deployment):
+        assert assignment.principal == ResourceRef(identity, ("properties", "principalId")), assignment
         assert assignment.role_definition_id in ROLE, f"{assignment.resource}: unknown role"
         assigned.add((assignment.scope, ROLE[assignment.role_definition_id]))
     expected = {
@@ -304,23 +369,23 @@ def test_the_app_identity_holds_exactly_the_roles_it_needs(
     assert assigned == expected
 
 
-def test_storage_accounts_refuse_shared_keys_and_public_blobs(bicep: dict[str, Any]) -> None:
-    accounts = resources_of_type(bicep, "Microsoft.Storage/storageAccounts")
+def test_storage_accounts_refuse_shared_keys_and_public_blobs(deployment: Deployment) -> None:
+    accounts = deployment.resources_of_type("Microsoft.Storage/storageAccounts")
     assert len(accounts) == 2
-    for name, account in accounts.items():
+    for key, account in accounts.items():
         properties = account["properties"]
-        assert properties["allowSharedKeyAccess"] is False, name
-        assert properties["allowBlobPublicAccess"] is False, name
-        assert properties["supportsHttpsTrafficOnly"] is True, name
-        assert properties["minimumTlsVersion"] == "TLS1_2", name
-    for name, container in resources_of_type(
-        bicep, "Microsoft.Storage/storageAccounts/blobServices/containers"
+        assert properties["allowSharedKeyAccess"] is False, key
+        assert properties["allowBlobPublicAccess"] is False, key
+        assert properties["supportsHttpsTrafficOnly"] is True, key
+        assert properties["minimumTlsVersion"] == "TLS1_2", key
+    for key, container in deployment.resources_of_type(
+        "Microsoft.Storage/storageAccounts/blobServices/containers"
     ).items():
-        assert container["properties"]["publicAccess"] == "None", name
+        assert container["properties"]["publicAccess"] == "None", key
 
 
-def test_key_vault_uses_rbac_soft_delete_and_purge_protection(bicep: dict[str, Any]) -> None:
-    (vault,) = resources_of_type(bicep, "Microsoft.KeyVault/vaults").values()
+def test_key_vault_uses_rbac_soft_delete_and_purge_protection(deployment: Deployment) -> None:
+    (vault,) = deployment.resources_of_type("Microsoft.KeyVault/vaults").values()
     properties = vault["properties"]
     assert properties["enableRbacAuthorization"] is True
     assert properties["enableSoftDelete"] is True
@@ -329,63 +394,110 @@ def test_key_vault_uses_rbac_soft_delete_and_purge_protection(bicep: dict[str, A
 
 
 def test_application_insights_is_workspace_based_with_entra_ingestion(
-    bicep: dict[str, Any], settings_nodes: dict[str, Any]
+    deployment: Deployment, appsettings: AppSettings
 ) -> None:
-    (insights,) = resources_of_type(bicep, "Microsoft.Insights/components").values()
-    assert accessor_path(insights["properties"]["WorkspaceResourceId"])[0] in resources_of_type(
-        bicep, "Microsoft.OperationalInsights/workspaces"
-    )
+    ((key, insights),) = deployment.resources_of_type("Microsoft.Insights/components").items()
+    workspace = deployment.resolve(key.module, insights["properties"]["WorkspaceResourceId"])
+    assert isinstance(workspace, ResourceRef) and workspace.path == ("id",), workspace
+    assert workspace.resource in deployment.resources_of_type("Microsoft.OperationalInsights/workspaces")
     assert insights["properties"]["DisableLocalAuth"] is True
-    assert "Authorization=AAD" in settings_nodes["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    authentication = appsettings.nodes["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    assert "Authorization=AAD" in authentication
+    identity = _target(deployment, appsettings, "AZURE_CLIENT_ID")
+    assert ResourceRef(identity, ("properties", "clientId")) in deployment.interpolated(
+        appsettings.module, authentication
+    )
 
 
 # --- Function App, Postgres, queues --------------------------------------------------------------
 
 
-def test_the_function_app_runs_python_311_on_flex_consumption(bicep: dict[str, Any], site: dict[str, Any]) -> None:
-    (plan,) = resources_of_type(bicep, "Microsoft.Web/serverfarms").values()
+def test_the_function_app_runs_python_311_on_flex_consumption(
+    deployment: Deployment, site_key: ResourceKey, site: dict[str, Any], appsettings: AppSettings
+) -> None:
+    (plan,) = deployment.resources_of_type("Microsoft.Web/serverfarms").values()
     assert plan["sku"] == {"tier": "FlexConsumption", "name": "FC1"}
     config = site["properties"]["functionAppConfig"]
     assert config["runtime"]["name"] == "python"
-    assert _default(bicep, config["runtime"]["version"]) == "3.11"
-    assert _default(bicep, config["scaleAndConcurrency"]["instanceMemoryMB"]) == 4096
+    assert _default_of(deployment, site_key.module, config["runtime"]["version"]) == "3.11"
+    assert _default_of(deployment, site_key.module, config["scaleAndConcurrency"]["instanceMemoryMB"]) == 4096
     storage = config["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
-    assert storage["value"].startswith("${hostStorage.properties.primaryEndpoints.blob}")
+    # The package container: <host account blob endpoint><a container of the host account>.
+    host = _target(deployment, appsettings, "AzureWebJobsStorage__accountName")
+    endpoint, container = deployment.interpolated(site_key.module, storage["value"])
+    assert endpoint == ResourceRef(host, ("properties", "primaryEndpoints", "blob")), endpoint
+    host_containers = [
+        deployment.resolve(key.module, body["name"])
+        for key, body in deployment.resources_of_type(
+            "Microsoft.Storage/storageAccounts/blobServices/containers"
+        ).items()
+        if deployment.resolve(key.module, body["parent"]) in _blob_services_of(deployment, host)
+    ]
+    assert container in host_containers, f"{container} is not a container of {host}"
     assert storage["authentication"]["type"] == "UserAssignedIdentity"
+    identity = _target(deployment, appsettings, "AZURE_CLIENT_ID")
+    assert deployment.resolve(site_key.module, storage["authentication"]["userAssignedIdentityResourceId"]) == (
+        ResourceRef(identity, ("id",))
+    )
     assert site["properties"]["httpsOnly"] is True
 
 
-def test_postgres_uses_entra_auth_tls_and_allows_postgis(bicep: dict[str, Any], settings_nodes: dict[str, Any]) -> None:
-    (server,) = resources_of_type(bicep, "Microsoft.DBforPostgreSQL/flexibleServers").values()
+def _blob_services_of(deployment: Deployment, account: ResourceKey) -> list[ResourceRef]:
+    return [
+        ResourceRef(key)
+        for key, body in deployment.resources_of_type("Microsoft.Storage/storageAccounts/blobServices").items()
+        if deployment.resolve(key.module, body["parent"]) == ResourceRef(account)
+    ]
+
+
+def test_postgres_uses_entra_auth_tls_and_allows_postgis(
+    deployment: Deployment, settings_nodes: dict[str, Any]
+) -> None:
+    (server,) = deployment.resources_of_type("Microsoft.DBforPostgreSQL/flexibleServers").values()
     assert server["properties"]["authConfig"]["activeDirectoryAuth"] == "Enabled"
-    assert resources_of_type(bicep, "Microsoft.DBforPostgreSQL/flexibleServers/administrators")
+    assert deployment.resources_of_type("Microsoft.DBforPostgreSQL/flexibleServers/administrators")
     parameters = {
         config["name"]: config["properties"]["value"]
-        for config in resources_of_type(bicep, "Microsoft.DBforPostgreSQL/flexibleServers/configurations").values()
+        for config in deployment.resources_of_type("Microsoft.DBforPostgreSQL/flexibleServers/configurations").values()
     }
     assert "POSTGIS" in parameters["azure.extensions"].split(",")
     assert parameters["require_secure_transport"] == "ON"
     assert "max_connections" in parameters
     assert settings_nodes["POSTGRES_SSLMODE"] == "require"
-    assert _default(bicep, "postgresAuth") == "entra"
+    assert _default(deployment, "postgresAuth") == "entra"
 
 
-def test_every_queue_the_triggers_bind_is_created(bicep: dict[str, Any], settings_nodes: dict[str, Any]) -> None:
-    created = set(bicep["variables"]["queueNames"]["value"])
+def test_every_queue_the_triggers_bind_is_created(deployment: Deployment, appsettings: AppSettings) -> None:
+    created: set[tuple[str, str]] = set()  # (main.bicep parameter, suffix)
+    queues = deployment.resources_of_type("Microsoft.Storage/storageAccounts/queueServices/queues")
+    for key, body in queues.items():
+        loop = deployment.loop(key)
+        assert loop and body["name"] == loop[0], f"{key}: expected one queue per item of a list"
+        names = deployment.resolve(key.module, loop[1])
+        assert isinstance(names, Value) and isinstance(names.node, list), names
+        for name in names.node:
+            parts = (
+                deployment.interpolated(names.module, name)
+                if "${" in name
+                else [deployment.resolve(names.module, name)]
+            )
+            assert isinstance(parts[0], ParameterRef) and all(isinstance(part, str) for part in parts[1:]), name
+            created.add((parts[0].name, "".join(str(part) for part in parts[1:])))
     for setting in ("JOB_QUEUE", "TASK_QUEUE", "HIGH_PRIORITY_TASK_QUEUE"):
-        parameter = settings_nodes[setting]
-        assert parameter in bicep["parameters"], f"{setting} should come from a parameter"
-        assert parameter in created and f"${{{parameter}}}-poison" in created, setting
+        parameter = deployment.resolve(appsettings.module, appsettings.nodes[setting])
+        assert isinstance(parameter, ParameterRef), f"{setting} should come from a main.bicep parameter"
+        assert {(parameter.name, ""), (parameter.name, "-poison")} <= created, setting
 
 
-def test_the_parameters_file_matches_the_template(bicep: dict[str, Any]) -> None:
+def test_the_parameters_file_matches_the_template(deployment: Deployment) -> None:
     document = json.loads((INFRA_DIR / "main.parameters.json").read_text(encoding="utf-8"))
     assert document["$schema"].endswith("/deploymentParameters.json#")
     given = set(document["parameters"])
-    unknown = given - set(bicep["parameters"])
+    template = deployment.root.section("parameters")
+    unknown = given - set(template)
     assert not unknown, f"main.parameters.json sets parameters main.bicep does not have: {sorted(unknown)}"
-    required = {name for name, parameter in bicep["parameters"].items() if "default" not in parameter}
+    required = {name for name, parameter in template.items() if parameter.get("default") is None}
     assert required <= given, f"main.parameters.json lacks required parameters: {sorted(required - given)}"
 
 
@@ -408,6 +520,7 @@ NOT_PUBLISHED = (
     "bench/throughput.py",
     "docs/deploy.md",
     "infra/main.bicep",
+    "infra/modules/function-app.bicep",
     "local_host/__main__.py",
     ".git/HEAD",
     ".ci/run",
@@ -439,9 +552,13 @@ def _runtime_files() -> Iterator[str]:
     for package in RUNTIME_PACKAGES:
         for path in sorted((PROJECT_ROOT / package).rglob("*")):
             relative = path.relative_to(PROJECT_ROOT).as_posix()
-            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                if not relative.startswith(NOT_RUNTIME):
-                    yield relative
+            if (
+                path.is_file()
+                and "__pycache__" not in path.parts
+                and path.suffix != ".pyc"
+                and not relative.startswith(NOT_RUNTIME)
+            ):
+                yield relative
 
 
 def test_funcignore_leaves_out_what_azure_does_not_run(funcignore: pathspec.PathSpec) -> None:
