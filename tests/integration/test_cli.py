@@ -1,5 +1,6 @@
-"""The ``geoetl`` command line end to end: a subprocess talking HTTP to the local Functions host, which
-requires a function key here (the CLI sends ``GEOETL_KEY`` as ``x-functions-key``)."""
+"""The ``geoetl`` command line end to end: the installed console script, a subprocess talking HTTP
+to the local Functions host, which requires a function key here (the CLI sends ``GEOETL_KEY`` as
+``x-functions-key``)."""
 
 from __future__ import annotations
 
@@ -51,8 +52,10 @@ def geoetl(
     env.update({"GEOETL_URL": f"http://127.0.0.1:{host.port}", "COLUMNS": "200", "NO_COLOR": "1"})
     if key is not None:
         env["GEOETL_KEY"] = key
+    script = Path(sys.executable).parent / "geoetl"  # the console script `make deps` installs
+    assert script.exists(), f"{script} is missing: run `make deps` (it installs the project editable)"
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [str(script), *args],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
