@@ -125,7 +125,7 @@ def test_a_process_raster_job_completes_with_tokens_only(
             assert (cog.read() == original.read()).all()
 
 
-def _index_functions(environment: dict[str, str]) -> dict[str, object]:
+def _index_functions(environment: dict[str, str], logs: list[str] | None = None) -> dict[str, object]:
     """Import function_app in a fresh interpreter whose sockets cannot connect; what it indexed."""
     script = (
         "import json, socket\n"
@@ -149,6 +149,8 @@ def _index_functions(environment: dict[str, str]) -> dict[str, object]:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    if logs is not None:
+        logs.append(result.stderr)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -168,3 +170,12 @@ def test_function_app_imports_with_identity_settings_only_and_indexes_every_func
     local = _index_functions({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     assert identity["names"] == local["names"]
     assert len(identity["names"]) >= 10, identity  # http + queue + poison + timer triggers
+
+
+def test_an_unresolved_key_vault_reference_is_reported_at_startup_by_setting_name() -> None:
+    literal = "@Microsoft.KeyVault(SecretUri=https://geoetl-kv.vault.azure.net/secrets/pg/)"
+    logs: list[str] = []
+    _index_functions({"AzureWebJobsStorage__accountName": "geoetlhost", "POSTGRES_PASSWORD": literal}, logs)
+    [stderr] = logs
+    assert "app setting POSTGRES_PASSWORD still holds an unresolved @Microsoft.KeyVault(...) reference" in stderr
+    assert "geoetl-kv.vault.azure.net" not in stderr
