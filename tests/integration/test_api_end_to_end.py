@@ -19,7 +19,10 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def api_settings(azurite_connection_string: str, postgres_database: PostgresDatabase) -> Settings:
     return make_settings(
-        azurite_connection_string, postgres_database, max_request_bytes=4096, input_containers=("bronze", BROWSED, f"{BROWSED}-gone")
+        azurite_connection_string,
+        postgres_database,
+        max_request_bytes=4096,
+        input_containers=("bronze", BROWSED, f"{BROWSED}-gone"),
     )
 
 

@@ -93,9 +93,7 @@ def test_the_emulator_refuses_requests_without_a_token(oauth_azurite: OAuthAzuri
     assert caught.value.status_code in {401, 403}
 
 
-def test_nothing_is_configured_with_a_connection_string_or_key(
-    settings: Settings, container: ServiceContainer
-) -> None:
+def test_nothing_is_configured_with_a_connection_string_or_key(settings: Settings, container: ServiceContainer) -> None:
     assert settings.storage_connection_string.get_secret_value() == ""
     assert settings.data_storage_connection_string.get_secret_value() == ""
     assert container.host_storage.uses_identity and container.data_storage.uses_identity
@@ -117,15 +115,15 @@ def test_a_process_raster_job_completes_with_tokens_only(
 
     assert status["status"] == "completed", status.get("error")
     assert set(credential.calls) == {STORAGE_SCOPE}  # every storage call was authorised by a token
-    cogs = [ref for ref in status["result"]["outputs"]["cogs"]]
+    cogs = list(status["result"]["outputs"]["cogs"])
     assert cogs, status["result"]
     # The COG in silver has the source's pixels, read back through GDAL /vsiaz/ with a token.
-    with storage.gdal_env(), rasterio.open(BlobStorage.vsiaz_path(cogs[0]["container"], cogs[0]["blob"])) as cog:
-        with rasterio.open(source) as original:
-            assert (cog.read() == original.read()).all()
+    cog_path = BlobStorage.vsiaz_path(cogs[0]["container"], cogs[0]["blob"])
+    with storage.gdal_env(), rasterio.open(cog_path) as cog, rasterio.open(source) as original:
+        assert (cog.read() == original.read()).all()
 
 
-def _index_functions(environment: dict[str, str], logs: list[str] | None = None) -> dict[str, object]:
+def _index_functions(environment: dict[str, str], logs: list[str] | None = None) -> dict[str, list[str]]:
     """Import function_app in a fresh interpreter whose sockets cannot connect; what it indexed."""
     script = (
         "import json, socket\n"
