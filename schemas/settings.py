@@ -184,12 +184,7 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "storage_account_name",
-        "storage_queue_service_uri",
-        "storage_blob_service_uri",
-        "data_storage_account_name",
-        "data_storage_blob_service_uri",
-        "azure_client_id",
+        *sorted(IDENTITY_STORAGE_SETTINGS),
         "postgres_password_secret_name",
         "key_vault_url",
         "postgres_max_connections",

@@ -12,17 +12,9 @@ from pathlib import Path
 import pytest
 
 from repositories.key_vault import SecretConfigurationError, SecretStore, SecretStoreUnavailableError
-from tests.support.key_vault_server import VAULT_SCOPE, KeyVaultServer, key_vault_server
+from tests.support.key_vault_server import VAULT_SCOPE, FakeClock, KeyVaultServer, key_vault_server
 
 pytestmark = pytest.mark.integration
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -31,19 +31,11 @@ from repositories.postgres_credentials import (
 )
 from schemas.errors import DatabaseUnavailableError
 from schemas.settings import POSTGRES_ENTRA_SCOPE, Settings
-from tests.support.key_vault_server import FakeTokenCredential, KeyVaultServer, key_vault_server
+from tests.support.key_vault_server import FakeClock, FakeTokenCredential, KeyVaultServer, key_vault_server
 
 pytestmark = pytest.mark.integration
 
 UNRESOLVED = "@Microsoft.KeyVault(SecretUri=https://geoetl-kv.vault.azure.net/secrets/pg-password/)"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,6 @@ so clients also pass ``verify_challenge_resource=False`` (``client_options``).
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import json
 import secrets
 import ssl
@@ -32,10 +30,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from azure.core.credentials import AccessToken
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.support.identity import private_ca_certificates
 
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 VAULT_RESOURCE = "https://vault.azure.net"
@@ -47,70 +43,14 @@ Mode = Literal["serve", "unavailable", "drop"]
 # --- TLS -----------------------------------------------------------------------------------------
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+class FakeClock:
+    """A settable clock for ``SecretStore`` (its cache ages by this, not by the wall clock)."""
 
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
-    """A CA certificate, and a server certificate for 127.0.0.1 and localhost signed by it, with its
-    key: (ca.pem, server.pem, server-key.pem) in ``directory``."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("geoetl test CA"))
-        .issuer_name(_name("geoetl test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return ca_path, cert_path, key_path
+    def __call__(self) -> float:
+        return self.now
 
 
 # --- the fake identity ---------------------------------------------------------------------------
@@ -290,7 +230,7 @@ class KeyVaultServer:
     """A running local vault: ``vault_url``, ``ca_path``, ``client_options`` for the SDK, and its state."""
 
     def __init__(self, tls_dir: Path, credential: FakeTokenCredential) -> None:
-        self.ca_path, cert_path, key_path = make_tls_files(tls_dir)
+        self.ca_path, cert_path, key_path = private_ca_certificates(tls_dir)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_path, key_path)
         self.credential = credential
