@@ -52,6 +52,15 @@ class ServiceUnavailableError(RequestError):
     """A dependency (Postgres, Storage) is down; the caller may retry."""
 
 
+class RateLimitedError(RequestError):
+    """The caller used up its submission budget (SUBMIT_RATE_PER_MINUTE, SUBMIT_BURST): 429 with
+    Retry-After = ``retry_after`` whole seconds (at least 1), when its next token is there."""
+
+    def __init__(self, message: str, *, retry_after: int, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = max(1, int(retry_after))
+
+
 # --- repository errors (driver errors translated at the repository boundary) -------------------
 
 

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     container_list_max_limit: int = Field(default=100, ge=1, le=1000)
     container_blob_count_cap: int = Field(default=1000, ge=1, le=5000)
 
+    # Per-caller submission limit (POST /api/jobs/{type}, services/rate_limits.py): a token bucket in
+    # Postgres per caller, refilled at SUBMIT_RATE_PER_MINUTE (0 = unlimited) and holding at most
+    # SUBMIT_BURST; an empty bucket answers 429 with Retry-After.
+    submit_rate_per_minute: float = Field(default=120.0, ge=0, le=1_000_000)
+    submit_burst: int = Field(default=60, ge=1, le=1_000_000)
+
     # Task execution.
     task_max_attempts: int = Field(default=3, ge=1, le=100)
     task_retry_base_seconds: float = Field(default=1.0, ge=0)

@@ -33,6 +33,7 @@ from services.job_service import JobService
 from services.operations import Operations, OperationsOptions, QueueInspector
 from services.outbox_relay import OutboxRelay
 from services.queue_publisher import QueuePublisher
+from services.rate_limits import SubmissionLimiter
 from services.retry_policy import RetryPolicy
 from services.task_runner import TaskRunner, TaskRunnerOptions
 from services.work_chain import WorkChain
@@ -198,6 +199,15 @@ class ServiceContainer:
         return self._once(
             "job_service",
             lambda: JobService(self.db, self.registry, self.relay, max_list_limit=self.settings.job_list_max_limit),
+        )
+
+    @property
+    def submission_limiter(self) -> SubmissionLimiter:
+        """Per-caller submission limit (SUBMIT_RATE_PER_MINUTE, SUBMIT_BURST): token buckets in Postgres."""
+        s = self.settings
+        return self._once(
+            "submission_limiter",
+            lambda: SubmissionLimiter(self.db, rate_per_minute=s.submit_rate_per_minute, burst=s.submit_burst),
         )
 
     @property

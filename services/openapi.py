@@ -63,6 +63,8 @@ ERROR_DESCRIPTIONS = {
     404: "Not found.",
     409: "Conflict with the resource's state.",
     413: "Request body over the MAX_REQUEST_BYTES limit.",
+    429: "Too many submissions from this caller (SUBMIT_RATE_PER_MINUTE, SUBMIT_BURST); retry after the "
+    "Retry-After header's seconds.",
     503: "A dependency (Postgres, Storage) is unavailable; retry after the Retry-After header's seconds.",
 }
 
@@ -204,7 +206,7 @@ def operation_docs(limits: ApiLimits) -> dict[str, OperationDoc]:
                 202: Body("Created (or a failed/cancelled job restarted).", api.JobSubmitted),
                 200: Body("The same job already exists (same type and parameters).", api.JobSubmitted),
             },
-            (400, 404, 413, 503),
+            (400, 404, 413, 429, 503),
             description="The body holds the job type's parameters plus the job options `priority`, "
             "`max_parallel_tasks` and `depends_on`. The job id is derived from the type and parameters, "
             "so a resubmission returns the existing job.",
@@ -580,7 +582,7 @@ def _operation(
         responses["414"] = {"description": "URI too long (answered by the Functions host)."}
     for status in doc.errors:
         error: dict[str, Any] = {"description": ERROR_DESCRIPTIONS[status]}
-        if status == 503:
+        if status in (429, 503):
             error["headers"] = {"Retry-After": RETRY_AFTER}
         error["content"] = {JSON: {"schema": components.model(api.ErrorBody)}}
         responses.setdefault(str(status), error)

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import azure.functions as func
 
 from services.container import ServiceContainer
+from services.rate_limits import caller_key
 from triggers.http_input import INT4_MAX, optional_int, query_text, read_json_body, route_text
 from triggers.http_responses import json_api, json_response
 
@@ -26,6 +27,8 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
     @bp.route(route="jobs/{job_type}", methods=["POST"])
     @api
     def submit_job(req: func.HttpRequest) -> func.HttpResponse:
+        # First: a caller over its budget costs one statement, nothing else (429 + Retry-After).
+        container.submission_limiter.take(caller_key(req.headers, req.params))
         job_type = route_text(req, "job_type")
         body = read_json_body(req, container.settings.max_request_bytes)
         submission = container.job_service.submit(job_type, body)

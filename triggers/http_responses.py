@@ -19,6 +19,7 @@ from schemas.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitedError,
     RepositoryError,
     RequestError,
     ServiceUnavailableError,
@@ -37,6 +38,7 @@ STATUS_CODES: tuple[tuple[type[Exception], int], ...] = (
     (ForbiddenError, 403),
     (ConflictError, 409),
     (PayloadTooLargeError, 413),
+    (RateLimitedError, 429),
     (ServiceUnavailableError, 503),
     (DatabaseUnavailableError, 503),
     (StorageUnavailableError, 503),
@@ -75,6 +77,8 @@ def error_response(exc: Exception) -> func.HttpResponse:
     else:
         body = {"error": "internal server error"}
     headers = {"Retry-After": "5"} if code == 503 else None
+    if isinstance(exc, RateLimitedError):
+        headers = {"Retry-After": str(exc.retry_after)}
     return json_response(body, code, headers)
 
 

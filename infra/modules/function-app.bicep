@@ -115,6 +115,9 @@ var appSettings = {
   BLOB_LIST_MAX_LIMIT: '1000'
   CONTAINER_LIST_MAX_LIMIT: '100'
   CONTAINER_BLOB_COUNT_CAP: '1000'
+  // Per-caller submission limit (0 = unlimited).
+  SUBMIT_RATE_PER_MINUTE: '120'
+  SUBMIT_BURST: '60'
   // Task execution.
   TASK_MAX_ATTEMPTS: '3'
   TASK_RETRY_BASE_SECONDS: '1'

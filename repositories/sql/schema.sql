@@ -175,3 +175,13 @@ CREATE TABLE blob_chunks (
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (job_id, chunk_key)
 );
+
+-- Per-caller submission limits: one token bucket per caller key (services/rate_limits.py). Tokens
+-- left at updated_at; granted = whether the caller's last submission got a token.
+CREATE TABLE rate_limits (
+    caller_key  text             PRIMARY KEY,
+    tokens      double precision NOT NULL CHECK (tokens >= 0),
+    granted     boolean          NOT NULL,
+    updated_at  timestamptz      NOT NULL DEFAULT now()
+);
+CREATE INDEX rate_limits_updated_at_idx ON rate_limits (updated_at);
