@@ -126,6 +126,7 @@ class Stack:
                 "POSTGRES_SCHEMA": self.schema,
                 "LOG_LEVEL": "WARNING",
                 "LOCAL_HOST_REQUIRE_FUNCTION_KEY": "false",
+                "SUBMIT_RATE_PER_MINUTE": "0",  # benchmarks measure the engine, not the submission limit
             }
         )
         settings.update(overrides)
