@@ -17,6 +17,7 @@ whatever npm the machine has; ``node_executable()`` is the one place that choose
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -60,6 +61,17 @@ def find_chromium() -> Path | None:
     return debian if debian.exists() else None
 
 
+def has_libatomic() -> bool:
+    """libatomic.so.1, which the Node.js driver in Playwright's wheel loads (Chromium does not pull it in)."""
+    patterns = (
+        "/usr/lib/*/libatomic.so.1",
+        "/lib/*/libatomic.so.1",
+        "/usr/lib/libatomic.so.1",
+        "/usr/lib64/libatomic.so.1",
+    )
+    return any(glob.glob(pattern) for pattern in patterns)
+
+
 def _python_has_venv(python: str = sys.executable) -> bool:
     """venv alone is not enough: Debian splits ensurepip (which venv needs for pip) into python3-venv."""
     probe = subprocess.run([python, "-c", "import venv, ensurepip"], capture_output=True, check=False)
@@ -95,9 +107,10 @@ REQUIREMENTS = {
     ),
     "chromium": Requirement(
         "chromium",
-        ("chromium", "fonts-liberation"),
-        "a headless Chromium (with fonts for its screenshots), for the dashboard's browser test",
-        lambda: find_chromium() is not None,
+        ("chromium", "fonts-liberation", "libatomic1"),
+        "a headless Chromium (with fonts for its screenshots) and libatomic1 (Playwright's Node.js driver "
+        "needs it), for the dashboard's browser test",
+        lambda: find_chromium() is not None and has_libatomic(),
     ),
 }
 

@@ -100,9 +100,12 @@ def test_a_missing_chromium_is_installed_with_apt_and_announced_in_one_line(
     monkeypatch.setattr(bootstrap.subprocess, "run", fake_run)
     assert bootstrap.install_system(["chromium"]) == 0
     [line] = capsys.readouterr().out.strip().splitlines()
-    assert line.startswith("geoetl: installing chromium fonts-liberation with apt-get:") and "browser test" in line
+    assert (
+        line.startswith("geoetl: installing chromium fonts-liberation libatomic1 with apt-get:")
+        and "browser test" in line
+    )
     assert commands[0][-1] == "update"
-    assert commands[1][-3:] == ["--no-install-recommends", "chromium", "fonts-liberation"]
+    assert commands[1][-4:] == ["--no-install-recommends", "chromium", "fonts-liberation", "libatomic1"]
 
 
 def test_without_root_a_missing_chromium_is_named_in_one_line(
@@ -112,4 +115,4 @@ def test_without_root_a_missing_chromium_is_named_in_one_line(
     monkeypatch.setattr(bootstrap, "can_use_apt", lambda: False)
     assert bootstrap.install_system(["chromium"]) == 1
     [line] = capsys.readouterr().out.strip().splitlines()
-    assert "apt-get install chromium fonts-liberation" in line
+    assert "apt-get install chromium fonts-liberation libatomic1" in line
