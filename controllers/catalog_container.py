@@ -20,7 +20,7 @@ from pydantic import Field
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
-from controllers.process_raster import COLLECTION_ID_PATTERN
+from controllers.process_raster import CollectionId
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName
@@ -36,7 +36,10 @@ MAX_LISTED_SKIPS = 1000
 
 
 class CatalogContainerParameters(ListingParameters):
-    collection_id: str = Field(pattern=COLLECTION_ID_PATTERN, description="STAC collection id.")
+    collection_id: CollectionId = Field(
+        description="STAC collection id: 1-128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter "
+        "or digit, no '..', not ending in '.'."
+    )
     output_container: ContainerName = Field(default="silver", description="Container for the STAC catalog.")
 
 

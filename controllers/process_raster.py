@@ -16,14 +16,15 @@ cog stage reads the whole plan in create_tasks, so every cog task carries its wi
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import with_default_containers
@@ -49,17 +50,48 @@ from services.raster.pipeline import (
     validate_source,
 )
 from services.raster.tiling import COG_BLOCK_SIZE, TaskMemoryModel, TileWindow, TilingError, plan_tiles
+from services.stac.builder import (
+    COLLECTION_ID_PATTERN,
+    MAX_COLLECTION_ID_LENGTH,
+    check_collection_id,
+    collection_id_problem,
+)
 
-COLLECTION_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,99}$"
 SOURCE_KEY = "source"
 CATALOG_KEY = "catalog"
 
+# A STAC collection id (the rule: services/stac/builder.COLLECTION_ID_RULE), checked at submission;
+# every job type that takes one uses this type.
+CollectionId = Annotated[
+    str,
+    AfterValidator(check_collection_id),
+    Field(json_schema_extra={"pattern": COLLECTION_ID_PATTERN, "minLength": 1, "maxLength": MAX_COLLECTION_ID_LENGTH}),
+]
+COLLECTION_ID_HASH_DIGITS = 12  # 48 bits of SHA-256, after a slug that already has to match
+_HASHED = re.compile(rf"-[0-9a-f]{{{COLLECTION_ID_HASH_DIGITS}}}$")
+_EXTENSION = re.compile(r"(?<=[^/])\.[^./]+$")
+
 
 def collection_id_for(blob_name: str) -> str:
-    """A collection id from a blob path: lowercase, extension dropped, other characters as '-'."""
-    stem = str(PurePosixPath(blob_name.lower()).with_suffix(""))
-    slug = re.sub(r"[^a-z0-9_.]+", "-", stem).strip("-._")
-    return slug[:100].rstrip("-._") or "raster"
+    """The default collection id of a source blob; always satisfies the collection id rule, and two
+    different blob names never get the same id.
+
+    ``name.tif`` in the container's root, with ``name`` itself a valid id, gives ``name``. Any other
+    name (a folder, upper case, spaces, non-ASCII, another extension, too long) is lossy when
+    slugged, so the slug (ASCII, lowercase, other characters as '-', at most 115 characters) gets
+    '-' and 12 hex digits of the name's SHA-256: ``a/b.tif`` → ``a-b-<hash>``, ``a-b.tif`` → ``a-b``.
+    A plain id never ends like a hashed one (such a name is hashed too), so the two kinds never meet.
+    """
+    if blob_name.endswith(".tif"):
+        stem = blob_name.removesuffix(".tif")
+        if collection_id_problem(stem) is None and not _HASHED.search(stem):
+            return stem
+    ascii_name = unicodedata.normalize("NFKD", _EXTENSION.sub("", blob_name)).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", ascii_name.lower())
+    slug = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", slug)).strip("-._")
+    slug = slug[: MAX_COLLECTION_ID_LENGTH - COLLECTION_ID_HASH_DIGITS - 1].rstrip("-._") or "raster"
+    digest = hashlib.sha256(blob_name.encode("utf-8", "surrogatepass")).hexdigest()[:COLLECTION_ID_HASH_DIGITS]
+    return f"{slug}-{digest}"
 
 
 class ProcessRasterParameters(BaseModel):
@@ -68,10 +100,11 @@ class ProcessRasterParameters(BaseModel):
     container: ContainerName = Field(default="bronze", description="Container holding the source GeoTIFF.")
     blob_name: BlobPath = Field(description="Path of the source GeoTIFF in the container (no URL, no '..').")
     output_container: ContainerName = Field(default="silver", description="Container for COGs and STAC.")
-    collection_id: str | None = Field(
+    collection_id: CollectionId | None = Field(
         default=None,
-        pattern=COLLECTION_ID_PATTERN,
-        description="STAC collection id; default derived from the blob name (terrain/dem.tif → terrain-dem).",
+        description="STAC collection id: 1-128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter "
+        "or digit, no '..', not ending in '.'. Default derived from the blob name: dem.tif → dem; any other "
+        "name → a slug plus 12 hex digits of its SHA-256 (terrain/dem.tif → terrain-dem-<hash>).",
     )
     compression: Compression = Field(
         default="deflate", description="COG compression; jpeg/webp only for uint8 RGB(A) (jpeg also 1 band)."

@@ -17,10 +17,17 @@ itself, so the stored job parameter resolves the same way at every later re-vali
 from __future__ import annotations
 
 import json
+import logging
 import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyproj import CRS as ProjCRS
+from pyproj import Proj
 from pyproj.exceptions import CRSError as ProjCRSError
+from pyproj.exceptions import ProjError
 from rasterio.crs import CRS
 
 AUTHORITY_CODE = re.compile(r"^([A-Za-z][A-Za-z0-9_]{0,31}):([A-Za-z0-9_.-]{1,64})$")
@@ -97,3 +104,99 @@ def canonical_crs_text(text: str) -> str:
 def crs_from_text(text: str) -> CRS:
     """The rasterio CRS of accepted CRS text (handed to GDAL as WKT only)."""
     return CRS.from_wkt(_parse(text).to_wkt(version=_WKT_VERSION))
+
+
+# --- why GDAL/PROJ could not use a file's CRS ------------------------------------------------------
+#
+# GDAL reports a CRS it cannot build from a file's GeoKeys (or a projection PROJ refuses) only as a
+# logged message; rasterio passes those to the "rasterio._env" logger (errors at INFO, warnings at
+# WARNING) and the dataset just has no CRS, or one that does not transform. ``gdal_messages``
+# collects the messages GDAL emits in the calling thread (GDAL calls its error handler in the thread
+# that hit the error) without changing what other threads log.
+
+_GDAL_LOGGER = logging.getLogger("rasterio._env")
+_capture_lock = threading.Lock()
+_sinks: dict[int, list[str]] = {}
+_restore: dict[str, int] = {}
+
+
+class _CaptureFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        sink = _sinks.get(record.thread or 0)
+        if sink is not None and record.levelno >= logging.INFO and len(sink) < 50:
+            sink.append(record.getMessage())
+        # Everyone else sees exactly what they saw before the capture lowered the logger's level.
+        return record.levelno >= _restore.get("effective", logging.NOTSET)
+
+
+_FILTER = _CaptureFilter()
+
+
+@contextmanager
+def gdal_messages() -> Iterator[list[str]]:
+    """The messages (errors and warnings) GDAL logs in this thread while the block runs."""
+    sink: list[str] = []
+    with _capture_lock:
+        if not _sinks:
+            _restore.update(level=_GDAL_LOGGER.level, effective=_GDAL_LOGGER.getEffectiveLevel())
+            _GDAL_LOGGER.addFilter(_FILTER)
+            if _restore["effective"] > logging.INFO:
+                _GDAL_LOGGER.setLevel(logging.INFO)
+        _sinks[threading.get_ident()] = sink
+    try:
+        yield sink
+    finally:
+        with _capture_lock:
+            _sinks.pop(threading.get_ident(), None)
+            if not _sinks:
+                _GDAL_LOGGER.removeFilter(_FILTER)
+                _GDAL_LOGGER.setLevel(_restore["level"])
+                _restore.clear()
+
+
+_PROJ_MESSAGE = re.compile(r"PROJ: (.*?)'?$")
+_PROJ_PREFIXES = re.compile(r"^(?:(?:internal_)?proj_[a-z_]+|pipeline|Pipeline): ")
+# PROJ's words for a CRS it parsed but cannot use (a parameter out of range, an unsupported value).
+_UNUSABLE = re.compile(r"Invalid value|Unsupported value|Illegal|out of range|should be", re.IGNORECASE)
+MAX_REASON_CHARS = 200
+
+
+def proj_reason(messages: list[str]) -> str | None:
+    """The short reason PROJ gave for refusing a CRS, from GDAL's messages, or None when it gave none.
+
+    ``"GDAL signalled an error: err_no=1, msg='PROJ: internal_proj_as_wkt: Unsupported value for
+    Latitude of natural origin'"`` → ``"Unsupported value for Latitude of natural origin"``."""
+    reasons: list[str] = []
+    for message in messages:
+        match = _PROJ_MESSAGE.search(" ".join(message.split()))
+        if not match:
+            continue
+        reason = match.group(1)
+        while _PROJ_PREFIXES.match(reason):
+            reason = _PROJ_PREFIXES.sub("", reason, count=1)
+        # "Bad step definition: inv (…)" only repeats the parameter error in PROJ's pipeline words.
+        if _UNUSABLE.search(reason) and reason not in reasons and not reason.startswith("Bad step"):
+            reasons.append(reason)
+    if not reasons:
+        return None
+    text = "; ".join(reasons)
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+_PROJ_ERROR = re.compile(r"Error \d+ \([^)]*\): (.*)\)$")
+
+
+def projection_problem(crs_wkt: str) -> str | None:
+    """PROJ's reason for refusing the projection of a CRS it parses (``merc: Invalid value for
+    lat_ts: |lat_ts| should be <= 90°``), or None. Asked of pyproj afresh each time: GDAL caches
+    coordinate transformations and logs a refusal only the first time."""
+    try:
+        with warnings.catch_warnings():  # "you will likely lose … converting to a PROJ string"
+            warnings.simplefilter("ignore", UserWarning)
+            Proj(ProjCRS.from_wkt(crs_wkt))
+    except (ProjError, ProjCRSError) as exc:
+        match = _PROJ_ERROR.search(" ".join(str(exc).split()))
+        if match and _UNUSABLE.search(match.group(1)):
+            reason = match.group(1)
+            return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+    return None

@@ -9,7 +9,10 @@ reason is often in a chained cause ("Write failed. See previous exception for de
 2. this worker's own resources (local disk full, a failed local write, out of memory) →
    ``WorkerResourceError`` (transient);
 3. 404 / 401 / 403 → ``BlobNotFoundError`` / ``BlobAccessDeniedError`` (permanent);
-4. anything else: the file itself cannot be read → ``UnsupportedRasterError`` (permanent).
+4. anything else: the file itself cannot be read → ``UnsupportedRasterError`` (permanent), its
+   reason GDAL's own lines from the whole chain ("Read failed. See previous exception for
+   details." says nothing; the decoder's "ZIPDecode:Decoding error at scanline 0" does), on one
+   line of bounded length.
 """
 
 from __future__ import annotations
@@ -49,6 +52,22 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+_SEE_PREVIOUS = re.compile(r"\s*See previous exception for details\.?", re.IGNORECASE)
+MAX_DETAIL_CHARS = 400
+
+
+def gdal_detail(exc: BaseException, limit: int = MAX_DETAIL_CHARS) -> str:
+    """GDAL's lines for ``exc`` and its chained causes, on one line: no "see previous exception"
+    pointer, no line that another line already contains, at most ``limit`` characters."""
+    lines: list[str] = []
+    for error in _chain(exc):
+        line = _SEE_PREVIOUS.sub("", _one_line(str(error), limit)).strip().rstrip(".")
+        if line and line not in lines:
+            lines.append(line)
+    kept = [line for line in lines if not any(line != other and line in other for other in lines)]
+    return _one_line("; ".join(kept), limit)
+
+
 def gdal_error(exc: BaseException, path: str) -> Exception:
     """The geoetl error for a GDAL/rasterio error raised while reading ``path`` (or writing a local
     file from it); see the module docstring for the order."""
@@ -65,4 +84,6 @@ def gdal_error(exc: BaseException, path: str) -> Exception:
         return BlobNotFoundError(f"{path} not found")
     if re.search(r"HTTP response code: 40[13]", message):
         return BlobAccessDeniedError(f"reading {path}: {message}")
-    return UnsupportedRasterError(f"cannot be read as a GeoTIFF (corrupt, truncated or not a TIFF): {message}")
+    return UnsupportedRasterError(
+        f"cannot be read as a GeoTIFF (corrupt, truncated or not a TIFF): {gdal_detail(exc) or message}"
+    )

@@ -12,14 +12,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
 from schemas.errors import PermanentTaskError
-from services.raster.crs import CrsInputError, crs_from_text
-from services.raster.footprint import FootprintError, footprint_wgs84
+from services.raster.crs import CrsInputError, crs_from_text, gdal_messages, proj_reason
+from services.raster.footprint import FootprintError, UnusableCrsError, footprint_wgs84
 
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 MAX_SIDE_PIXELS = 1_000_000
@@ -132,11 +134,20 @@ def crs_code(crs: CRS) -> str | None:
     return f"{authority[0]}:{authority[1]}" if authority else None
 
 
-def resolve_crs(file_crs: CRS | None, assume_crs: str | None) -> tuple[CRS, bool]:
-    """(CRS to use, whether it was assumed). The file's own CRS always wins."""
+def unusable_crs_message(reason: str) -> str:
+    return f"the source's CRS is not usable: {reason}; pass assume_crs to replace it"
+
+
+def resolve_crs(
+    file_crs: CRS | None, assume_crs: str | None, *, unusable_reason: str | None = None
+) -> tuple[CRS, bool]:
+    """(CRS to use, whether it was assumed). The file's own CRS wins when it has a usable one;
+    ``unusable_reason`` is why PROJ refused the one it has (GDAL then gives none)."""
     if file_crs is not None and file_crs.to_wkt():
         return file_crs, False
     if not assume_crs:
+        if unusable_reason:
+            raise UnsupportedRasterError(unusable_crs_message(unusable_reason))
         raise UnsupportedRasterError('the raster has no CRS; pass assume_crs (for example "EPSG:4326") to set one')
     try:
         return crs_from_text(assume_crs), True
@@ -150,6 +161,8 @@ def check_geotransform(dataset: DatasetReader) -> Affine:
     if transform.is_identity:
         if dataset.gcps[0]:
             raise UnsupportedRasterError("the raster is georeferenced by ground control points only; warp it first")
+        if dataset.rpcs is not None:
+            raise UnsupportedRasterError(RPC_ONLY)
         raise UnsupportedRasterError("the raster has no geotransform (no georeferencing)")
     if transform.b != 0 or transform.d != 0:
         raise UnsupportedRasterError(
@@ -158,6 +171,27 @@ def check_geotransform(dataset: DatasetReader) -> Affine:
     if transform.a == 0 or transform.e == 0:
         raise UnsupportedRasterError("the raster's geotransform has a zero pixel size")
     return transform
+
+
+RPC_ONLY = (
+    "the raster is georeferenced by RPCs only (rational polynomial coefficients, no geotransform): "
+    "it must be warped (orthorectified) to a map grid first, which geoetl does not do yet"
+)
+
+
+def unusable_crs_reason(dataset: DatasetReader) -> str | None:
+    """Why GDAL gave ``dataset`` no CRS although its GeoKeys define one that PROJ refuses (e.g. a
+    Mercator 1SP with a latitude of origin other than 0 and a scale factor other than 1), or None
+    when it simply has none. GDAL says so only in a message logged while the file is opened, so the
+    file is opened again (headers only, from GDAL's cache for /vsiaz/) to hear it."""
+    if dataset.driver != "GTiff" or not dataset.name:
+        return None
+    try:
+        with gdal_messages() as messages, rasterio.open(dataset.name, driver="GTiff") as again:
+            _ = again.crs
+    except RasterioError:
+        return None
+    return proj_reason(messages)
 
 
 def check_size_and_type(dataset: DatasetReader) -> None:
@@ -196,9 +230,22 @@ def inspect_dataset(dataset: DatasetReader, *, assume_crs: str | None = None) ->
     """The metadata record of an open dataset; raises UnsupportedRasterError when it cannot be converted."""
     check_size_and_type(dataset)
     transform = check_geotransform(dataset)
-    crs, assumed = resolve_crs(dataset.crs, assume_crs)
+    file_crs = dataset.crs if dataset.crs is not None and dataset.crs.to_wkt() else None
+    # Why GDAL gave no CRS matters only when nothing replaces it (it costs a second open).
+    unusable = None if file_crs is not None or assume_crs else unusable_crs_reason(dataset)
+    crs, assumed = resolve_crs(file_crs, assume_crs, unusable_reason=unusable)
     try:
         footprint, bbox = footprint_wgs84(crs, transform, dataset.width, dataset.height)
+    except UnusableCrsError as exc:
+        if assumed:
+            raise UnsupportedRasterError(f"assume_crs is not usable: {exc.reason}") from exc
+        if not assume_crs:
+            raise UnsupportedRasterError(unusable_crs_message(exc.reason)) from exc
+        crs, assumed = resolve_crs(None, assume_crs)  # the file's CRS is unusable: the assumed one replaces it
+        try:
+            footprint, bbox = footprint_wgs84(crs, transform, dataset.width, dataset.height)
+        except FootprintError as again:
+            raise UnsupportedRasterError(f"has no WGS 84 footprint: {again}") from again
     except FootprintError as exc:
         raise UnsupportedRasterError(f"has no WGS 84 footprint: {exc}") from exc
     colormap = colormap_of(dataset)

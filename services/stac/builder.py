@@ -10,6 +10,7 @@ be copied to blob storage path for path.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,36 @@ from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
 from services.raster.footprint import union_bbox
 from services.raster.inspect import RasterMetadata
+
+# The one rule for STAC collection ids, for every job type. An id is a path segment of blob names
+# (``stac/{id}/collection.json``, ``stac/{id}/{id}-tile_r0_c0/…``) and of STAC API URLs
+# (``/collections/{id}``), so it uses only RFC 3986 unreserved characters that need no
+# percent-encoding anywhere (a-z 0-9 . _ -; "~" left out), is lowercase (ids differing only in case
+# would share a path on case-insensitive tools), starts with a letter or digit (no hidden files, no
+# option-like "-x"), has no ".." (a path-traversal segment for URL normalisers) and no trailing "."
+# (dropped by Windows paths and some URL layers). 128 characters keep item ids and blob paths short.
+MAX_COLLECTION_ID_LENGTH = 128
+COLLECTION_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]|\.[a-z0-9_-])*$"  # no lookaround: JSON Schema/ECMA too
+COLLECTION_ID_RULE = (
+    f"1-{MAX_COLLECTION_ID_LENGTH} characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit, "
+    "with no '..' and not ending in '.'"
+)
+_COLLECTION_ID = re.compile(COLLECTION_ID_PATTERN)
+
+
+def collection_id_problem(value: str) -> str | None:
+    """Why ``value`` breaks the collection id rule (the message states the rule), or None."""
+    if len(value) <= MAX_COLLECTION_ID_LENGTH and _COLLECTION_ID.fullmatch(value):
+        return None
+    return f"must be {COLLECTION_ID_RULE}, e.g. 'terrain-dem.v2'"
+
+
+def check_collection_id(value: str) -> str:
+    problem = collection_id_problem(value)
+    if problem:
+        raise ValueError(f"collection id {value[:140]!r} {problem}")
+    return value
+
 
 DATA_ASSET_KEY = "data"
 SHA256_MULTIHASH_PREFIX = "1220"  # multihash: sha2-256 (0x12), 32 bytes (0x20)
@@ -106,6 +137,7 @@ def build_collection(
     """A Collection holding ``items``, its extent their union (antimeridian-aware)."""
     if not items:
         raise ValueError("a collection needs at least one item")
+    check_collection_id(collection_id)
     bbox = union_bbox([tuple(item.bbox) for item in items if item.bbox])  # type: ignore[misc]
     times = [item.datetime for item in items if item.datetime is not None]
     collection = pystac.Collection(

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from controllers.process_raster import collection_id_for
 from devstack.postgres import PostgresDatabase
 from devstack.sample_raster import upload_demo_raster
 from schemas.messages import TaskMessage
@@ -211,7 +212,8 @@ def test_a_raster_jobs_outputs_are_listed_with_links(page: Page, host: RunningHo
     outputs = page.locator("#job-outputs a.output-link")
     cog = "cogs/samples/terrain/tile_r0_c0.tif"
     expect(outputs.filter(has_text=cog)).to_have_count(1)
-    expect(outputs.filter(has_text="stac/samples-terrain/collection.json")).to_have_count(1)
+    collection = f"stac/{collection_id_for(parameters['blob_name'])}/collection.json"
+    expect(outputs.filter(has_text=collection)).to_have_count(1)
     expect(page.locator("#job-outputs")).to_contain_text("outputs.cogs[0]: ")
     outputs.filter(has_text=cog).click()
     detail = page.locator("#output-detail")

@@ -18,7 +18,7 @@ import rasterio
 from rasterio.env import get_gdal_config
 from rio_cogeo.cogeo import cog_validate
 
-from controllers.process_raster import ProcessRasterController
+from controllers.process_raster import ProcessRasterController, collection_id_for
 from devstack.postgres import PostgresDatabase
 from devstack.sample_raster import upload_demo_raster
 from repositories.blob_storage import BlobStorage
@@ -164,7 +164,7 @@ def test_stac_catalog_is_valid_self_contained_and_points_at_the_cogs(
     _, status = converted[name]
     outputs = status["result"]["outputs"]
     collection_ref = outputs["stac_collection"]
-    assert collection_ref["blob"] == f"stac/it-{run_id}-{name}/collection.json"
+    assert collection_ref["blob"] == f"stac/{collection_id_for(f'it-{run_id}/{name}.tif')}/collection.json"
     collection = json.loads(storage.download_range("silver", collection_ref["blob"]))
     assert stac_errors(collection) == []
     assert len([link for link in collection["links"] if link["rel"] == "item"]) == len(outputs["cogs"])
@@ -255,7 +255,7 @@ def test_a_rerun_with_another_tiling_overwrites_and_removes_stale_tiles(
     assert left == sorted(
         [c["blob"] for c in second["result"]["outputs"]["cogs"]] + [f"cogs/it-{run_id}/rerun/mosaic.vrt"]
     )
-    items = [b.name for b in storage.list_blobs("silver", f"stac/it-{run_id}-rerun/")]
+    items = [b.name for b in storage.list_blobs("silver", f"stac/{collection_id_for(blob)}/")]
     assert len(items) == 1 + 4
 
 
@@ -302,7 +302,8 @@ def test_the_devstack_demo_raster_converts(container: ServiceContainer, settings
     [status] = run_jobs(container, [parameters])
     assert status["status"] == "completed", status["error"]
     assert status["result"]["outputs"]["cogs"][0]["blob"] == "cogs/samples/terrain/tile_r0_c0.tif"
-    assert status["result"]["outputs"]["stac_collection"]["blob"] == "stac/samples-terrain/collection.json"
+    collection_id = collection_id_for(parameters["blob_name"])
+    assert status["result"]["outputs"]["stac_collection"]["blob"] == f"stac/{collection_id}/collection.json"
 
 
 @pytest.mark.parametrize("explicit_id", [False, True])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
+from rasterio.rpc import RPC
 from rasterio.transform import Affine, from_origin
 
 from devstack.sample_raster import terrain_strip, write_sample_geotiff
@@ -158,3 +160,67 @@ def off_earth(path: Path) -> Path:
     data = np.full((1, 64, 64), 3, dtype="uint8")
     geos = CRS.from_proj4("+proj=geos +h=35785831 +lon_0=-75 +sweep=x +ellps=GRS80 +units=m +no_defs")
     return _write(path, data, crs=geos, transform=from_origin(-5_500_000, 5_500_000, 171_875, 171_875))
+
+
+_MERCATOR_1SP = (
+    'PROJCS["Mercator 1SP",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Mercator_1SP"],'
+    'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",0],PARAMETER["scale_factor",{scale}],'
+    'PARAMETER["false_easting",0],PARAMETER["false_northing",0],UNIT["metre",1]]'
+)
+_GEO_KEY_DIRECTORY, _GEO_DOUBLE_PARAMS = 34735, 34736
+_PROJ_NAT_ORIGIN_LAT = 3081  # ProjNatOriginLatGeoKey
+
+
+def _set_geokey_double(path: Path, key: int, value: float) -> None:
+    """Rewrite one double-valued GeoKey in place (little-endian classic TIFF, as GDAL writes small files):
+    GeoKeys GDAL itself would never write, as other software does."""
+    raw = bytearray(path.read_bytes())
+    assert raw[:4] == b"II*\x00", "expects a little-endian classic TIFF"
+    ifd = struct.unpack_from("<I", raw, 4)[0]
+    tags = {}
+    for i in range(struct.unpack_from("<H", raw, ifd)[0]):
+        tag, _, count, offset = struct.unpack_from("<HHII", raw, ifd + 2 + 12 * i)
+        tags[tag] = (count, offset)
+    count, offset = tags[_GEO_KEY_DIRECTORY]
+    keys = struct.unpack_from(f"<{count}H", raw, offset)
+    for entry in range(4, len(keys), 4):
+        key_id, location, _, index = keys[entry : entry + 4]
+        if key_id == key and location == _GEO_DOUBLE_PARAMS:
+            struct.pack_into("<d", raw, tags[_GEO_DOUBLE_PARAMS][1] + 8 * index, value)
+            path.write_bytes(bytes(raw))
+            return
+    raise ValueError(f"GeoKey {key} is not a double parameter of {path}")
+
+
+def unusable_crs(path: Path, latitude_of_origin: float = 30.0, scale_factor: float = 0.9996) -> Path:
+    """GeoKeys of a Mercator (1SP) whose latitude of natural origin is not 0: with a scale factor
+    other than 1 GDAL cannot turn it into a Mercator 2SP and PROJ refuses it, so rasterio reports no
+    CRS at all ("Unsupported value for Latitude of natural origin" only in GDAL's log)."""
+    data = np.full((1, 32, 32), 9, dtype="uint8")
+    crs = CRS.from_wkt(_MERCATOR_1SP.format(scale=scale_factor))
+    _write(path, data, crs=crs, transform=from_origin(0, 3_500_000, 1000, 1000))
+    _set_geokey_double(path, _PROJ_NAT_ORIGIN_LAT, latitude_of_origin)
+    return path
+
+
+def rpc_only(path: Path) -> Path:
+    """Georeferenced by rational polynomial coefficients only (a raw satellite scene): no geotransform,
+    no CRS; the RPCs (a trivial affine model around 7°E 45°N) in the TIFF's RPC tag."""
+    data = np.full((1, 64, 64), 5, dtype="uint8")
+    zeros = [0.0] * 20
+    rpc = RPC(
+        height_off=100.0, height_scale=500.0, lat_off=45.0, lat_scale=0.05, long_off=7.0, long_scale=0.05,
+        line_off=32.0, line_scale=32.0, samp_off=32.0, samp_scale=32.0,
+        line_num_coeff=[0.0, 0.0, -1.0, *zeros[3:]], line_den_coeff=[1.0, *zeros[1:]],
+        samp_num_coeff=[0.0, 1.0, *zeros[2:]], samp_den_coeff=[1.0, *zeros[1:]],
+    )  # fmt: skip
+    return _write(path, data, rpcs=rpc)
+
+
+def wide_lambert(path: Path) -> Path:
+    """~35° wide in ETRS89 Lambert conformal conic Europe (EPSG:3034), 1700 x 1200 km in 100 km pixels:
+    its top edge bows north between the corners, most at the central meridian (10°E), which lies
+    halfway between two of 21 evenly spaced outline points, so a bbox of those falls short of it."""
+    data = np.arange(17 * 12, dtype="uint16").reshape(1, 12, 17)
+    return _write(path, data, crs="EPSG:3034", transform=from_origin(3_192_500, 4_200_000, 100_000, 100_000))
