@@ -105,6 +105,13 @@ class JobController(ABC, Generic[ParamsT]):
         """Validate raw parameters (raises pydantic.ValidationError)."""
         return self.parameters_model.model_validate(raw)
 
+    def resolve_parameters(self, params: ParamsT) -> ParamsT:
+        """Called once at submission, after validation and before the job id is derived: a job type
+        may pin what its parameters name to the version that exists now (process_raster adds the
+        source blob's etag), so that a changed input is a new job. Raises a ``RequestError`` to
+        refuse the submission; transient errors propagate (503). Default: the parameters as given."""
+        return params
+
     def failure_ratio_limit(self, params: ParamsT) -> float:
         """The stage failure policy for this job; job types may let a parameter override it."""
         return self.max_failure_ratio

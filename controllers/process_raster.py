@@ -9,6 +9,12 @@ Stages (task keys in brackets):
                        tile converts its window to a COG and uploads it.
 4. stac [catalog]      one task: the mosaic VRT (more than one tile) and the STAC catalog.
 
+The source's version is part of the job: at submission ``resolve_parameters`` records the blob's
+etag as ``source_etag`` (one HEAD request), so the job id changes when the blob is replaced and a
+resubmission converts the new file. validate, and every cog task before and after reading, check
+that the blob still has that etag: a source replaced after submission fails the job at once rather
+than mixing versions.
+
 The plan is one task, not one per tile: a tile's plan is a window in a list, and per-tile plan
 tasks would only cost a queue round trip each. Lineage links plan to validate (same key), and the
 cog stage reads the whole plan in create_tasks, so every cog task carries its window.
@@ -30,7 +36,7 @@ from controllers.base import JobController, JobOutcome, StageDefinition, StageRe
 from controllers.container_defaults import with_default_containers
 from repositories.blob_storage import BlobStorage
 from schemas.blob_names import BlobPath, ContainerName
-from schemas.errors import PermanentTaskError
+from schemas.errors import ConflictError, PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.raster.cog import (
     CogOptions,
@@ -70,6 +76,18 @@ CollectionId = Annotated[
 COLLECTION_ID_HASH_DIGITS = 12  # 48 bits of SHA-256, after a slug that already has to match
 _HASHED = re.compile(rf"-[0-9a-f]{{{COLLECTION_ID_HASH_DIGITS}}}$")
 _EXTENSION = re.compile(r"(?<=[^/])\.[^./]+$")
+
+
+def unquoted_etag(value: str) -> str:
+    """An etag without the double quotes HTTP puts around it: ``"0x8DC…"`` and ``0x8DC…`` name the
+    same version (the SDK keeps the quotes, callers may copy either form)."""
+    return value.strip('"')
+
+
+# Visible ASCII, optionally in double quotes (stored without them).
+SourceEtag = Annotated[
+    str, Field(min_length=1, max_length=258, pattern=r'^"?[!#-~]{1,256}"?$'), AfterValidator(unquoted_etag)
+]
 
 
 def collection_id_for(blob_name: str) -> str:
@@ -129,6 +147,13 @@ class ProcessRasterParameters(BaseModel):
         min_length=1,
         max_length=20000,
         description=f"CRS for a source without one: {FORMS}. Stored resolved (the code, or canonical WKT2).",
+    )
+    source_etag: SourceEtag | None = Field(
+        default=None,
+        description="ETag of the version of the source the job converts, part of the job id: recorded at "
+        "submission from the blob as it is then (null when it does not exist), so a replaced source is a new "
+        "job. Pass it to pin a version: another current etag is a 409. A source replaced after submission "
+        "fails the job.",
     )
 
     @field_validator("assume_crs")
@@ -225,13 +250,48 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             compression=params.compression, overview_resampling=resampling, threads=self._options.gdal_threads
         )
 
+    # --- submission ---------------------------------------------------------------------------
+
+    def resolve_parameters(self, params: ProcessRasterParameters) -> ProcessRasterParameters:
+        """Record the source's current etag (one HEAD request): a replaced source is a new job.
+
+        A missing blob (or one storage refuses to describe) gets ``source_etag = null`` and the job
+        fails in its validate stage with the reason, like any other bad input. A caller's own
+        ``source_etag`` must be the current one (409 naming the field otherwise). Storage outages
+        propagate (503)."""
+        try:
+            current: str | None = unquoted_etag(self._storage.properties(params.container, params.blob_name).etag)
+        except PermanentTaskError:
+            current = None
+        if params.source_etag is not None and params.source_etag != current:
+            now = f"its etag is {current}" if current else "it does not exist"
+            message = f"{params.container}/{params.blob_name} is not version {params.source_etag}: {now}"
+            raise ConflictError(
+                "the source is not the version asked for", details=[{"field": "source_etag", "message": message}]
+            )
+        return params.model_copy(update={"source_etag": current})
+
+    def check_source_version(self, params: ProcessRasterParameters, etag: str | None = None) -> None:
+        """Fail (permanently) when the source is no longer the version the job was submitted for;
+        ``etag`` as just observed, else read now (a missing blob raises BlobNotFoundError)."""
+        if "source_etag" not in params.model_fields_set:
+            return  # submitted before sources were versioned: nothing to compare with
+        if etag is None:
+            etag = self._storage.properties(params.container, params.blob_name).etag
+        current = unquoted_etag(etag)
+        if current != params.source_etag:
+            was = f"etag {params.source_etag}" if params.source_etag else "it did not exist"
+            raise PermanentTaskError(f"the source changed after submission ({was}, now etag {current}); submit again")
+
     # --- handlers -----------------------------------------------------------------------------
 
     def validate(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
         params = ctx.job_parameters
+        self.check_source_version(params)  # before reading: a replaced file is not "corrupt"
         report = validate_source(
             self._storage, params.source, assume_crs=params.assume_crs, options=self.cog_options(params)
         )
+        self.check_source_version(params, report["source"]["etag"])
         return {**report, "observed_at": datetime.now(UTC).isoformat()}
 
     def plan(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
@@ -268,6 +328,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
     def convert(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
         params = ctx.job_parameters
         metadata = RasterMetadata.from_dict(ctx.parameters["metadata"])
+        self.check_source_version(params)
         result = convert_tile(
             self._storage,
             params.source,
@@ -277,6 +338,9 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             self.cog_options(params, metadata),
             conversion_slots=self._conversion_slots,
         )
+        # Replaced while GDAL read it (every read is uncached, see BlobStorage.gdal_options): the
+        # committed tile may mix versions, and the job fails saying so.
+        self.check_source_version(params)
         return {**result, "item_datetime": ctx.parameters["item_datetime"]}
 
     def catalog(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
@@ -316,7 +380,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         catalog = outcome.results_by_stage.get("stac", {}).get(CATALOG_KEY, {})
         tiles = sorted(converted.values(), key=lambda r: (r["window"]["row"], r["window"]["col"]))
         return {
-            "source": params.source.to_dict(),
+            "source": {**params.source.to_dict(), "etag": params.source_etag},
             "tiles": len(tiles),
             "outputs": {
                 "cogs": [tile["cog"] for tile in tiles],

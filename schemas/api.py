@@ -54,6 +54,7 @@ class JobSubmitted(ApiModel):
     status_url: str = Field(description="Absolute URL of GET /api/jobs/{job_id}.")
     created: bool
     restarted: bool
+    replaced: bool = Field(description="re-run from stage 1 by the `replace` option")
 
 
 class JobSummary(ApiModel):

@@ -1,4 +1,4 @@
-"""Operator control of running jobs: cancel, retry (and restart on resubmission)."""
+"""Operator control of running jobs: cancel, retry (and restart or rerun on resubmission)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,34 @@ class JobControl:
             restarted, outbox = self.restart(repo, job)
         self._relay.publish(outbox)
         return restarted
+
+    @staticmethod
+    def rerun(repo: EngineRepository, job: JobRecord) -> tuple[JobRecord, list[OutboxMessage]]:
+        """Run a finished job again from stage 1, in the caller's transaction (a submission with
+        ``replace: true``): every stage and task of the earlier run is deleted, the result and error
+        are cleared. A queued or processing job is a ConflictError (cancel it first), and so is one
+        whose dependencies failed or were cancelled, as for ``restart``."""
+        locked = repo.lock_job(job.job_id) or job
+        if not locked.status.is_terminal:
+            raise ConflictError(
+                f"job {job.job_id} is still {locked.status}; cancel it first, then submit with replace again",
+                details=[{"field": "replace", "message": f"the job is {locked.status}"}],
+            )
+        dependencies = dependency_state(repo, locked.depends_on)
+        if dependencies.broken:
+            raise ConflictError(f"job cannot be run again: {dependencies.broken}; retry that job first")
+        repo.delete_stages_after(job.job_id, 0)  # tasks go with their stages (ON DELETE CASCADE)
+        log = job_logger(logger, job.job_id)
+        if dependencies.satisfied:
+            reopened = repo.reopen_job(job.job_id, JobStatus.PROCESSING, 1)
+            outbox = queue_job_message(repo, job.job_id, 1, JobAction.CREATE_STAGE)
+            log.warning("job replaced: running again from stage 1 (was %s)", locked.status)
+        else:
+            reopened = repo.reopen_job(job.job_id, JobStatus.QUEUED, 1)
+            outbox = []
+            log.warning("job replaced; waiting for its dependencies (was %s)", locked.status)
+        assert reopened is not None
+        return reopened, outbox
 
     @staticmethod
     def restart(repo: EngineRepository, job: JobRecord) -> tuple[JobRecord, list[OutboxMessage]]:

@@ -33,11 +33,12 @@ class Submission:
     job: JobRecord
     created: bool
     restarted: bool = False
+    replaced: bool = False  # restarted from stage 1 by ``replace: true``
 
 
 # Keys of a submission body that are options of the job, not parameters of its type. They do not
 # change the job id: the same work submitted with another priority is the same job.
-OPTION_KEYS = ("priority", "max_parallel_tasks", "depends_on")
+OPTION_KEYS = ("priority", "max_parallel_tasks", "depends_on", "replace")
 
 
 class SubmissionOptions(BaseModel):
@@ -46,6 +47,11 @@ class SubmissionOptions(BaseModel):
     priority: JobPriority = JobPriority.NORMAL
     max_parallel_tasks: int | None = Field(default=None, ge=1, le=100_000)
     depends_on: list[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=list, max_length=100)
+    replace: bool = Field(
+        default=False,
+        description="Run an existing job with the same id again from its first stage, even a completed one "
+        "(409 while it is queued or processing). Ignored when the job is new.",
+    )
 
 
 def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
@@ -111,8 +117,10 @@ class JobService:
 
     @retry_on_conflict
     def submit(self, job_type: str, body: Any) -> Submission:
-        """Validate, derive the id, insert and queue stage 1. Resubmitting returns the existing job;
-        resubmitting a failed or cancelled job restarts it (like POST …/retry)."""
+        """Validate, resolve (the job type's ``resolve_parameters``), derive the id, insert and queue
+        stage 1. Resubmitting returns the existing job; resubmitting a failed or cancelled job
+        restarts it (like POST …/retry); with ``replace: true`` any finished job runs again from
+        stage 1, and a queued or processing one is a 409."""
         controller = self._registry.get(job_type)
         if controller is None:
             known = ", ".join(c.job_type for c in self._registry.all())
@@ -134,6 +142,7 @@ class JobService:
             details += field_errors(exc)
         if details:
             raise InvalidRequestError("invalid parameters", details=details)
+        params = controller.resolve_parameters(params)  # outside the transaction: may read storage
         canonical = params.model_dump(mode="json")
         job_id = job_id_for(job_type, canonical)
         if job_id in options.depends_on:
@@ -153,7 +162,10 @@ class JobService:
             if job is None:
                 existing = repo.get_job(job_id)
                 assert existing is not None  # the engine never deletes jobs
-                if existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+                if options.replace:
+                    replaced, outbox = JobControl.rerun(repo, existing)
+                    created = Submission(replaced, created=False, restarted=True, replaced=True)
+                elif existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
                     restarted, outbox = JobControl.restart(repo, existing)
                     created = Submission(restarted, created=False, restarted=True)
                 else:
@@ -168,7 +180,8 @@ class JobService:
                 "queue storage unavailable; the job is saved and will be queued when it is back",
                 details=[{"job_id": job_id}],
             )
-        job_logger(logger, job_id).info("job %s: %s", "restarted" if created.restarted else "submitted", job_type)
+        event = "replaced" if created.replaced else "restarted" if created.restarted else "submitted"
+        job_logger(logger, job_id).info("job %s: %s", event, job_type)
         return created
 
     @staticmethod

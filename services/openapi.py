@@ -203,13 +203,16 @@ def operation_docs(limits: ApiLimits) -> dict[str, OperationDoc]:
             "Submit a job",
             "jobs",
             {
-                202: Body("Created (or a failed/cancelled job restarted).", api.JobSubmitted),
+                202: Body(
+                    "Created (or a failed/cancelled job restarted, or a finished one replaced).", api.JobSubmitted
+                ),
                 200: Body("The same job already exists (same type and parameters).", api.JobSubmitted),
             },
-            (400, 404, 413, 429, 503),
+            (400, 404, 409, 413, 429, 503),
             description="The body holds the job type's parameters plus the job options `priority`, "
-            "`max_parallel_tasks` and `depends_on`. The job id is derived from the type and parameters, "
-            "so a resubmission returns the existing job.",
+            "`max_parallel_tasks`, `depends_on` and `replace`. The job id is derived from the type and parameters, "
+            "so a resubmission returns the existing job; with `replace: true` a finished job runs again from its "
+            "first stage (409 while it is queued or processing).",
             per_job_type=True,
         ),
         "get_job": OperationDoc(

@@ -39,6 +39,7 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
             "status_url": status_url(req, job.job_id),
             "created": submission.created,
             "restarted": submission.restarted,
+            "replaced": submission.replaced,
         }
         return json_response(payload, 202 if submission.created or submission.restarted else 200)
 

@@ -16,7 +16,8 @@ from controllers.process_raster import (
     collection_id_for,
 )
 from controllers.registry import default_registry
-from repositories.blob_storage import BlobStorage
+from repositories.blob_storage import BlobInfo, BlobStorage
+from schemas.errors import BlobNotFoundError, ConflictError, PermanentTaskError
 from schemas.settings import Settings
 from services.job_service import field_errors
 from services.raster.tiling import MIB, TaskMemoryModel
@@ -165,3 +166,65 @@ def test_parameters_model_keeps_jobs_inside_the_deployments_containers() -> None
     allowed = controller(input_containers="bronze,raw", output_containers="silver,gold")
     params = allowed.parse_parameters({"blob_name": "a.tif", "container": "raw", "output_container": "gold"})
     assert (params.container, params.output_container) == ("raw", "gold")
+
+
+class VersionedStorage(BlobStorage):
+    """Blob properties from a dict (name → etag, as the SDK gives it: quoted); nothing else is read."""
+
+    def __init__(self, etags: dict[str, str]) -> None:
+        super().__init__(CONNECTION)
+        self.etags = etags
+
+    def properties(self, container: str, name: str) -> BlobInfo:
+        if name not in self.etags:
+            raise BlobNotFoundError(f"read properties of {container}/{name}: {container}/{name} not found")
+        return BlobInfo(container, name, 1, self.etags[name], None, None)
+
+
+def versioned(etags: dict[str, str]) -> tuple[ProcessRasterController, VersionedStorage]:
+    storage = VersionedStorage(etags)
+    settings = Settings.model_validate({"AzureWebJobsStorage": CONNECTION})
+    return ProcessRasterController(storage, RasterJobOptions.from_settings(settings, storage)), storage
+
+
+def test_submission_records_the_sources_etag_unquoted_and_null_when_missing() -> None:
+    job, _ = versioned({"a.tif": '"0x8DC1"'})
+    resolved = job.resolve_parameters(job.parse_parameters({"blob_name": "a.tif"}))
+    assert resolved.source_etag == "0x8DC1" and resolved.model_dump(mode="json")["source_etag"] == "0x8DC1"
+    assert job.resolve_parameters(job.parse_parameters({"blob_name": "b.tif"})).source_etag is None
+    pinned = job.parse_parameters({"blob_name": "a.tif", "source_etag": '"0x8DC1"'})
+    assert job.resolve_parameters(pinned) == resolved  # quoted or not: the same version, the same job
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [("a.tif", "bronze/a.tif is not version 0xOLD: its etag is 0x8DC1"), ("b.tif", "it does not exist")],
+)
+def test_a_pinned_etag_that_is_not_current_is_a_conflict_naming_the_field(blob: str, message: str) -> None:
+    job, _ = versioned({"a.tif": '"0x8DC1"'})
+    with pytest.raises(ConflictError) as caught:
+        job.resolve_parameters(job.parse_parameters({"blob_name": blob, "source_etag": "0xOLD"}))
+    [detail] = caught.value.details
+    assert detail["field"] == "source_etag" and detail["message"].endswith(message)
+
+
+@pytest.mark.parametrize("etag", ["", '""', "two words", 'a"b', "x" * 257])
+def test_a_malformed_source_etag_is_a_field_error(etag: str) -> None:
+    assert set(errors_of({"blob_name": "a.tif", "source_etag": etag})) == {"source_etag"}
+
+
+def test_handlers_refuse_a_source_replaced_after_submission() -> None:
+    job, storage = versioned({"a.tif": '"0x1"'})
+    stored = job.resolve_parameters(job.parse_parameters({"blob_name": "a.tif"})).model_dump(mode="json")
+    params = job.parse_parameters(stored)  # as handlers get them: parsed from the stored job
+    job.check_source_version(params)  # unchanged: fine
+    storage.etags["a.tif"] = '"0x2"'
+    with pytest.raises(PermanentTaskError, match=r"changed after submission \(etag 0x1, now etag 0x2\); submit again"):
+        job.check_source_version(params)
+    # A job stored before sources were versioned (no source_etag key) is not checked.
+    legacy = {k: v for k, v in stored.items() if k != "source_etag"}
+    job.check_source_version(job.parse_parameters(legacy))
+    # Missing at submission, there now: not the version the job was submitted for.
+    missing = job.parse_parameters({**stored, "source_etag": None})
+    with pytest.raises(PermanentTaskError, match=r"\(it did not exist, now etag 0x2\)"):
+        job.check_source_version(missing)
