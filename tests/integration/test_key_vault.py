@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from repositories.key_vault import SecretConfigurationError, SecretStore, SecretStoreUnavailableError
+from tests.support.key_vault_fixtures import clock_fixture, store_fixture, vault_fixture  # noqa: F401
 from tests.support.key_vault_server import VAULT_SCOPE, FakeClock, KeyVaultServer, key_vault_server
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyVaultServer]:
-    with key_vault_server(tmp_path_factory.mktemp("key-vault")) as server:
-        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +24,6 @@ def _vault_serving(vault: KeyVaultServer) -> Iterator[None]:
     yield
     vault.set_mode("serve")
     vault.state.forbidden.clear()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(vault: KeyVaultServer, clock: FakeClock) -> Iterator[SecretStore]:
-    secret_store = SecretStore(vault.vault_url, vault.credential, cache_seconds=60, clock=clock, **vault.client_options)
-    yield secret_store
-    secret_store.close()
 
 
 def _name() -> str:

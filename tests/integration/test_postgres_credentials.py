@@ -31,7 +31,8 @@ from repositories.postgres_credentials import (
 )
 from schemas.errors import DatabaseUnavailableError
 from schemas.settings import POSTGRES_ENTRA_SCOPE, Settings
-from tests.support.key_vault_server import FakeClock, FakeTokenCredential, KeyVaultServer, key_vault_server
+from tests.support.key_vault_fixtures import clock_fixture, store_fixture, vault_fixture  # noqa: F401
+from tests.support.key_vault_server import FakeClock, FakeTokenCredential, KeyVaultServer
 
 pytestmark = pytest.mark.integration
 
@@ -70,24 +71,6 @@ def _wait_for_password_checks(server: PostgresServer) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the server did not start checking passwords")
         time.sleep(0.1)
-
-
-@pytest.fixture(scope="module")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyVaultServer]:
-    with key_vault_server(tmp_path_factory.mktemp("key-vault")) as started:
-        yield started
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def store(vault: KeyVaultServer, clock: FakeClock) -> Iterator[SecretStore]:
-    secret_store = SecretStore(vault.vault_url, vault.credential, cache_seconds=60, clock=clock, **vault.client_options)
-    yield secret_store
-    secret_store.close()
 
 
 @pytest.fixture
