@@ -28,12 +28,17 @@ def parse_named_queries(text: str) -> dict[str, str]:
 
 
 @cache
+def named_queries_in(file_name: str) -> dict[str, str]:
+    """The named statements of ``sql/<file_name>``, read and parsed once per process."""
+    return parse_named_queries((SQL_DIR / file_name).read_text(encoding="utf-8"))
+
+
 def queries() -> dict[str, str]:
-    return parse_named_queries((SQL_DIR / "queries.sql").read_text(encoding="utf-8"))
+    return named_queries_in("queries.sql")
 
 
-def query(name: str) -> str:
-    return queries()[name]
+def query(name: str, file_name: str = "queries.sql") -> str:
+    return named_queries_in(file_name)[name]
 
 
 def declared_schema() -> str:
