@@ -17,7 +17,6 @@ from typing import Any
 
 from pydantic import Field
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
 from controllers.process_raster import CollectionId
@@ -26,6 +25,7 @@ from repositories.database import Database
 from schemas.blob_names import ContainerName
 from schemas.errors import PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
+from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.inventory.catalog import item_for, publish_in_place_catalog, skip_reason
 from services.inventory.chunks import ChunkStore, ListingParameters, chunk_keys
 from services.inventory.report import flatten

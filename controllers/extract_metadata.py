@@ -18,7 +18,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
 from repositories.blob_storage import BlobStorage
@@ -26,6 +25,7 @@ from repositories.database import Database
 from schemas.blob_names import BlobPath, ContainerName
 from schemas.errors import PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
+from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.inventory.chunks import BlobPrefix, ChunkStore, ListingParameters, chunk_keys
 from services.inventory.probe import KIND_RASTER
 from services.inventory.report import flatten, write_jsonl

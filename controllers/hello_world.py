@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 
 
 class HelloWorldParameters(BaseModel):

@@ -18,12 +18,12 @@ from typing import Any
 
 from pydantic import Field
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import deployment_parameters_model
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
+from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.inventory.chunks import ChunkStore, ListingParameters, chunk_keys
 from services.inventory.probe import probe_blob
 from services.inventory.report import InventorySummary, flatten, write_jsonl

@@ -32,12 +32,12 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.container_defaults import with_default_containers
 from repositories.blob_storage import BlobStorage
 from schemas.blob_names import BlobPath, ContainerName
 from schemas.errors import ConflictError, PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
+from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.cog import (
     CogOptions,
     Compression,

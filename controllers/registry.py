@@ -1,10 +1,12 @@
-"""The job types geoetl knows. Register a new controller here."""
+"""The job types geoetl knows, built from settings: register a new controller here.
+
+The engine (services/engine/) never imports this module; the composition root
+(services/container.py) builds the registry and hands it to the engine."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from controllers.base import JobController
 from controllers.catalog_container import CatalogContainerController
 from controllers.extract_metadata import ExtractMetadataController
 from controllers.hello_world import HelloWorldController
@@ -13,23 +15,7 @@ from controllers.process_raster import ProcessRasterController
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.settings import Settings
-
-
-class JobTypeRegistry:
-    def __init__(self, controllers: list[JobController[Any]]) -> None:
-        self._by_type: dict[str, JobController[Any]] = {}
-        for controller in controllers:
-            if controller.job_type in self._by_type:
-                raise ValueError(f"job type {controller.job_type!r} registered twice")
-            if not controller.stages:
-                raise ValueError(f"job type {controller.job_type!r} declares no stages")
-            self._by_type[controller.job_type] = controller
-
-    def get(self, job_type: str) -> JobController[Any] | None:
-        return self._by_type.get(job_type)
-
-    def all(self) -> list[JobController[Any]]:
-        return [self._by_type[name] for name in sorted(self._by_type)]
+from services.engine import JobController, JobTypeRegistry
 
 
 def default_registry(

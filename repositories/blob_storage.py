@@ -40,7 +40,7 @@ from schemas.errors import (
     StorageUnavailableError,
     ThrottlingError,
 )
-from services.error_classification import parse_retry_after
+from services.engine.error_classification import parse_retry_after
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ class ControlQueries(NamedQueries):
         return self._all("lock_jobs_shared", {"job_ids": list(job_ids)})
 
     def job_statuses(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
-        """Plain read, no lock (see services.job_lifecycle.dependency_state)."""
+        """Plain read, no lock (see services.engine.job_lifecycle.dependency_state)."""
         return self._all("job_statuses", {"job_ids": list(job_ids)})
 
     def waiting_dependents(self, job_id: str) -> list[str]:

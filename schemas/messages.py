@@ -20,7 +20,7 @@ class JobMessage(BaseModel):
     job_id: str = Field(pattern=r"^[0-9a-f]{64}$")
     stage: int = Field(ge=1)
     action: JobAction = JobAction.CREATE_STAGE
-    # Times this message was re-sent because Postgres was unavailable (see services/deferral.py).
+    # Times this message was re-sent because Postgres was unavailable (see services/engine/deferral.py).
     deferrals: int = Field(default=0, ge=0)
 
 

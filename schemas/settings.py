@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     # janitor period (30 + 5 + 10 s by default), while a live one's lease never lapses.
     task_lease_seconds: int = Field(default=30, ge=5)
     # An invocation goes on to the fan-out/task its own messages released while younger than
-    # this (services/work_chain.py); 0 turns the chaining off.
+    # this (services/engine/work_chain.py); 0 turns the chaining off.
     inline_chain_seconds: float = Field(default=60.0, ge=0)
     publish_concurrency: int = Field(default=16, ge=1, le=64)
     # Re-sends of a message while Postgres is unavailable, before letting the host retry it.

@@ -13,7 +13,7 @@ from typing import TypeVar
 import pybreaker
 from azure.core.credentials import TokenCredential
 
-from controllers.registry import JobTypeRegistry, default_registry
+from controllers.registry import default_registry
 from repositories.azure_credentials import default_credential
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
@@ -23,20 +23,21 @@ from repositories.storage_account import StorageAccount
 from schemas.settings import Settings
 from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
 from services.container_browser import ContainerBrowser
-from services.dead_letters import DeadLetterHandler
-from services.deferral import MessageDeferral
+from services.engine.dead_letters import DeadLetterHandler
+from services.engine.deferral import MessageDeferral
+from services.engine.janitor import Janitor, JanitorOptions
+from services.engine.job_control import JobControl
+from services.engine.job_orchestrator import JobOrchestrator
+from services.engine.job_service import JobService
+from services.engine.outbox_relay import OutboxRelay
+from services.engine.queue_publisher import QueuePublisher
+from services.engine.registry import JobTypeRegistry
+from services.engine.retry_policy import RetryPolicy
+from services.engine.task_runner import TaskRunner, TaskRunnerOptions
+from services.engine.work_chain import WorkChain
 from services.health import HealthCheck, HealthTargets
-from services.janitor import Janitor, JanitorOptions
-from services.job_control import JobControl
-from services.job_orchestrator import JobOrchestrator
-from services.job_service import JobService
 from services.operations import Operations, OperationsOptions, QueueInspector
-from services.outbox_relay import OutboxRelay
-from services.queue_publisher import QueuePublisher
 from services.rate_limits import SubmissionLimiter
-from services.retry_policy import RetryPolicy
-from services.task_runner import TaskRunner, TaskRunnerOptions
-from services.work_chain import WorkChain
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from typing import Any
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from repositories.migrator import discover_migrations
-from services.queue_publisher import QueuePublisher
+from services.engine.queue_publisher import QueuePublisher
 
 CHECK_TIMEOUT_SECONDS = 4.0
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from schemas import api
 from schemas.jobs import JobStatus, TaskStatus
-from services.job_service import SubmissionOptions
+from services.engine.job_service import SubmissionOptions
 from services.operations.service import (
     DEAD_LETTER_MAX_LIMIT,
     DEAD_LETTER_STATUSES,

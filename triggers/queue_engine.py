@@ -12,7 +12,7 @@ import azure.functions as func
 
 from schemas.messages import JobMessage, TaskMessage
 from services.container import ServiceContainer
-from services.dead_letters import ReceivedMessage, parse_message
+from services.engine.dead_letters import ReceivedMessage, parse_message
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
 from repositories.storage_account import StorageAccount
 from schemas.errors import StorageUnavailableError, ThrottlingError
-from services.queue_publisher import CONNECT_TIMEOUT_SECONDS, RETRY_BACKOFF_SECONDS, RETRY_TOTAL
+from services.engine.queue_publisher import CONNECT_TIMEOUT_SECONDS, RETRY_BACKOFF_SECONDS, RETRY_TOTAL
 
 PEEK_MAX = 32  # the most messages one peek returns
 BODY_MAX_CHARS = 10_000  # like a dead letter's body

@@ -22,12 +22,12 @@ from repositories.operations_queries import OperationsQueries
 from schemas.errors import ConflictError, InvalidRequestError, NotFoundError
 from schemas.jobs import OutboxMessage
 from schemas.messages import JobMessage, TaskMessage
-from services.conflict_retry import retry_on_conflict
-from services.dead_letters import ReceivedMessage, parse_message
-from services.job_control import RETRYABLE, JobControl
-from services.logging_context import job_logger
+from services.engine.conflict_retry import retry_on_conflict
+from services.engine.dead_letters import ReceivedMessage, parse_message
+from services.engine.job_control import RETRYABLE, JobControl
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
 from services.operations.queues import QueueInspector, iso
-from services.outbox_relay import OutboxRelay
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class Operations:
         assert isinstance(message, JobMessage | TaskMessage)
         body = message.model_dump(mode="json", exclude_defaults=True)
         if isinstance(message, JobMessage):
-            body["stage"] = message.stage  # always explicit, like services.job_lifecycle.queue_job_message
+            body["stage"] = message.stage  # always explicit, like services.engine.job_lifecycle.queue_job_message
         return role, message.job_id, body
 
     # --- statistics -----------------------------------------------------------------------------

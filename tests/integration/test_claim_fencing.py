@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from schemas.errors import PermanentTaskError, TransientTaskError
 from schemas.messages import JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
+from services.engine.contract import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine.registry import JobTypeRegistry
 from tests.support.engine import QueuePump, make_container, make_settings, queue_client, sql
 
 pytestmark = pytest.mark.integration

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
+from services.engine.contract import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine.registry import JobTypeRegistry
 from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, queue_client, sql
 
 pytestmark = pytest.mark.integration

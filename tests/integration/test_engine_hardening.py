@@ -15,17 +15,17 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from schemas.errors import ConflictError, PermanentTaskError, RepositoryError
 from schemas.jobs import JobStatus
 from schemas.messages import JobAction, JobMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
-from services.dead_letters import ReceivedMessage
-from services.job_lifecycle import complete_job, queue_job_message
+from services.engine.contract import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine.dead_letters import ReceivedMessage
+from services.engine.job_lifecycle import complete_job, queue_job_message
+from services.engine.registry import JobTypeRegistry
 from tests.support.engine import make_container, make_settings, pump_until_terminal, sql
 
 pytestmark = pytest.mark.integration
@@ -167,7 +167,7 @@ def test_a_job_whose_dependency_failed_cannot_be_retried_into_a_wait_that_never_
     dependency = processing_job(container, settings, "dependency")
     dependent = container.job_service.submit("hello_world", {"n": 1, "depends_on": [dependency]}).job.job_id
     with container.db.transaction() as repo:
-        from services.job_lifecycle import fail_job
+        from services.engine.job_lifecycle import fail_job
 
         fail_job(repo, dependency, "broken input")
     assert container.job_service.job_status(dependent)["status"] == "failed"

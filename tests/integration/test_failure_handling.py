@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from schemas.errors import ConflictError, InstanceBusyError, InvalidRequestError
 from schemas.messages import JobAction, JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
-from services.dead_letters import ReceivedMessage
+from services.engine.contract import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine.dead_letters import ReceivedMessage
+from services.engine.registry import JobTypeRegistry
 from tests.support.engine import (
     QueuePump,
     job_is_terminal,

@@ -12,14 +12,14 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
-from controllers.base import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from repositories.database import Database
 from schemas.messages import TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
+from services.engine.contract import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine.registry import JobTypeRegistry
 from tests.support.engine import (
     make_container,
     make_settings,
@@ -242,7 +242,7 @@ def test_repository_breaker_opens_and_fails_fast(settings: Settings) -> None:
 
 
 def test_lease_keeper_renews_leases_of_running_tasks_only(container: ServiceContainer, settings: Settings) -> None:
-    from services.lease_keeper import LeaseKeeper
+    from services.engine.lease_keeper import LeaseKeeper
 
     job_id = container.job_service.submit("hello_world", {"n": 2, "message": "lease"}).job.job_id
     container.orchestrator.create_stage(job_id, 1)

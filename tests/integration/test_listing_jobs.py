@@ -19,14 +19,14 @@ import pytest
 import rasterio.shutil
 from rio_cogeo.cogeo import cog_validate
 
-from controllers.base import TaskContext
 from controllers.inventory_container import InventoryContainerController, InventoryContainerParameters
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from repositories.blob_storage import BlobStorage
 from schemas.errors import StorageUnavailableError
 from schemas.settings import Settings
 from services.container import ServiceContainer
+from services.engine.contract import TaskContext
+from services.engine.registry import JobTypeRegistry
 from services.inventory.chunks import ChunkStore
 from tests.support import rasters
 from tests.support.engine import QueuePump, job_is_terminal, make_container, make_settings, sql

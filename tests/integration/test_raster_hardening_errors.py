@@ -17,7 +17,7 @@ from rasterio.errors import RasterioError
 from devstack.azurite import connection_string, start_azurite
 from repositories.blob_storage import BlobStorage
 from schemas.errors import PermanentTaskError, StorageUnavailableError, WorkerResourceError
-from services.error_classification import ErrorCategory, classify
+from services.engine.error_classification import ErrorCategory, classify
 from services.inventory.probe import probe_blob
 from services.raster.cog import stage_window
 from services.raster.gdal_errors import gdal_error

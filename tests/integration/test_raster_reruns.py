@@ -18,7 +18,7 @@ from schemas.errors import ConflictError, RequestError
 from schemas.messages import JobAction, JobMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
-from services.job_service import Submission
+from services.engine.job_service import Submission
 from tests.support import rasters
 from tests.support.engine import make_settings, pump_until_terminal, sql
 from triggers.http_responses import status_code_for

@@ -22,7 +22,6 @@ import psycopg
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueClient, QueueMessage
 
-from controllers.registry import JobTypeRegistry
 from devstack.postgres import PostgresDatabase
 from repositories.migrator import apply_migrations
 from repositories.storage_account import StorageAccount
@@ -31,6 +30,7 @@ from schemas.jobs import JobStatus
 from schemas.messages import JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
+from services.engine.registry import JobTypeRegistry
 
 
 def make_settings(connection_string: str, database: PostgresDatabase, **overrides: Any) -> Settings:

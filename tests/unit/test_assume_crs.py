@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pyproj import CRS as ProjCRS
 
 from controllers.process_raster import ProcessRasterParameters
-from services.job_service import field_errors
+from services.engine.job_service import field_errors
 from services.raster.crs import canonical_crs_text
 from services.raster.inspect import UnsupportedRasterError, inspect_dataset
 from tests.support import rasters

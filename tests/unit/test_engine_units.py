@@ -9,15 +9,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controllers.base import JobOutcome, TaskContext, TaskSpec
 from controllers.hello_world import HelloWorldController, HelloWorldParameters, InjectedFailureError
-from controllers.registry import JobTypeRegistry, default_registry
+from controllers.registry import default_registry
 from repositories.migrator import discover_migrations
 from repositories.sql_catalog import parse_named_queries, queries
-from services.identifiers import job_id_for, task_id_for
-from services.job_orchestrator import build_tasks, error_summary
-from services.retry_policy import backoff_seconds
-from services.task_runner import result_problem
+from services.engine.contract import JobOutcome, TaskContext, TaskSpec
+from services.engine.identifiers import job_id_for, task_id_for
+from services.engine.job_orchestrator import build_tasks, error_summary
+from services.engine.registry import JobTypeRegistry
+from services.engine.retry_policy import backoff_seconds
+from services.engine.task_runner import result_problem
 
 HELLO = HelloWorldController()
 

@@ -11,8 +11,8 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError, Serv
 
 from schemas.errors import DatabaseUnavailableError, InstanceBusyError, PermanentTaskError, ThrottlingError
 from services.circuit_breakers import counts_database_outage, counts_storage_outage, make_breaker
-from services.error_classification import ErrorCategory, classify, parse_retry_after
-from services.retry_policy import RetryPolicy
+from services.engine.error_classification import ErrorCategory, classify, parse_retry_after
+from services.engine.retry_policy import RetryPolicy
 
 
 class FakeResponse:

@@ -18,8 +18,8 @@ from schemas.errors import (
 )
 from schemas.jobs import JobRecord, JobStatus, StageRecord
 from schemas.settings import Settings
-from services.job_progress import compute_progress
-from services.job_service import decode_cursor, encode_cursor
+from services.engine.job_progress import compute_progress
+from services.engine.job_service import decode_cursor, encode_cursor
 from triggers.http_jobs import optional_int, read_json_body, status_url
 from triggers.http_responses import error_response, status_code_for
 

@@ -15,7 +15,7 @@ from local_host.json_logging import JsonLineFormatter
 from repositories.blob_storage import BlobStorage
 from schemas.errors import InvalidRequestError, StorageUnavailableError, ThrottlingError
 from schemas.settings import Settings
-from services.queue_publisher import OutgoingMessage, QueuePublisher
+from services.engine.queue_publisher import OutgoingMessage, QueuePublisher
 from triggers.http_jobs import read_json_body
 from triggers.http_responses import error_response, status_code_for
 

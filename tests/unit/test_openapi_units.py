@@ -21,7 +21,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from pydantic import BaseModel
 
 from schemas import api
-from services.job_service import OPTION_KEYS
+from services.engine.job_service import OPTION_KEYS
 from services.openapi import (
     ApiLimits,
     HttpRoute,

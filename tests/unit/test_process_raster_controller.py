@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controllers.base import JobOutcome
 from controllers.process_raster import (
     ProcessRasterController,
     ProcessRasterParameters,
@@ -19,7 +18,8 @@ from controllers.registry import default_registry
 from repositories.blob_storage import BlobInfo, BlobStorage
 from schemas.errors import BlobNotFoundError, ConflictError, PermanentTaskError
 from schemas.settings import Settings
-from services.job_service import field_errors
+from services.engine.contract import JobOutcome
+from services.engine.job_service import field_errors
 from services.raster.tiling import MIB, TaskMemoryModel
 
 CONNECTION = "UseDevelopmentStorage=true"

@@ -13,7 +13,7 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
-from services.error_classification import ErrorCategory, classify
+from services.engine.error_classification import ErrorCategory, classify
 from services.raster.crs import gdal_messages, proj_reason, projection_problem
 from services.raster.gdal_errors import gdal_detail, gdal_error
 from services.raster.inspect import RPC_ONLY, RasterMetadata, UnsupportedRasterError, inspect_dataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from schemas.jobs import OutboxMessage
-from services.work_chain import next_job_messages, next_task_message
+from services.engine.work_chain import next_job_messages, next_task_message
 
 NOW = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 JOB, OTHER_JOB = "a" * 64, "b" * 64

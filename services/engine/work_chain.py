@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 
 from schemas.jobs import OutboxMessage
 from schemas.messages import JobMessage, TaskMessage
-from services.job_orchestrator import JobOrchestrator
-from services.logging_context import job_logger
-from services.task_runner import TaskRunner
+from services.engine.job_orchestrator import JobOrchestrator
+from services.engine.logging_context import job_logger
+from services.engine.task_runner import TaskRunner
 
 logger = logging.getLogger(__name__)
 

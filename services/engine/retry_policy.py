@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.error_classification import ClassifiedError, ErrorCategory
+from services.engine.error_classification import ClassifiedError, ErrorCategory
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from controllers.base import JobController
 from repositories.engine_repository import EngineRepository
 from schemas.jobs import JobRecord, JobStatus, OutboxMessage, StageCounters
 from schemas.messages import JobAction
-from services.job_lifecycle import fail_job, queue_job_message, release_held_tasks
-from services.logging_context import job_logger
+from services.engine.contract import JobController
+from services.engine.job_lifecycle import fail_job, queue_job_message, release_held_tasks
+from services.engine.logging_context import job_logger
 
 logger = logging.getLogger(__name__)
 

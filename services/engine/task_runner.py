@@ -2,12 +2,12 @@
 
 A task runs its handler only after a successful claim (a lease in Postgres), so a duplicate
 delivery of a finished or live-leased task does nothing. Outcomes, by error category
-(services/error_classification.py):
+(services/engine/error_classification.py):
 - success → ``finish_task(completed)``; if that closed the stage, the next stage is queued;
 - permanent → the task fails at once;
 - transient / throttling → retried with backoff (and Retry-After) through a new, delayed message
   written to the outbox while the current message completes, until the job type's attempt limit.
-If Postgres is unavailable the message is deferred (services/deferral.py).
+If Postgres is unavailable the message is deferred (services/engine/deferral.py).
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from typing import Any
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from controllers.base import JobController, TaskContext
-from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.errors import DatabaseUnavailableError, RepositoryDataError, TransactionConflictError
 from schemas.jobs import ClaimedTask, JobRecord, JobStatus, OutboxMessage, TaskStatus
 from schemas.messages import TaskMessage
-from services.deferral import MessageDeferral
-from services.error_classification import ClassifiedError, ErrorCategory, classify
-from services.job_lifecycle import fail_job, queue_task_messages
-from services.lease_keeper import LeaseKeeper
-from services.logging_context import job_logger
-from services.outbox_relay import OutboxRelay
-from services.retry_policy import RetryPolicy
-from services.stage_flow import after_task_finished
+from services.engine.contract import JobController, TaskContext
+from services.engine.deferral import MessageDeferral
+from services.engine.error_classification import ClassifiedError, ErrorCategory, classify
+from services.engine.job_lifecycle import fail_job, queue_task_messages
+from services.engine.lease_keeper import LeaseKeeper
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
+from services.engine.registry import JobTypeRegistry
+from services.engine.retry_policy import RetryPolicy
+from services.engine.stage_flow import after_task_finished
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class TaskRunner:
         self, message: TaskMessage, *, message_id: str, dequeue_count: int = 1, queue: str = "tasks"
     ) -> list[OutboxMessage]:
         """A task queue delivery (``queue`` is the logical queue it came from). Returns the messages
-        published (services/work_chain.py follows them)."""
+        published (services/engine/work_chain.py follows them)."""
         log = job_logger(logger, message.job_id, message.task_id)
         origin = message.origin_message_id or message_id
         try:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from services.retry_policy import RetryPolicy
+from services.engine.retry_policy import RetryPolicy
 
 TASK_KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]{0,127}$")
 

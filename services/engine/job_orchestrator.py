@@ -7,20 +7,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers.base import JobController, JobOutcome, TaskSpec
-from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.errors import DatabaseUnavailableError, PermanentTaskError
 from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters
 from schemas.messages import JobAction, JobMessage
-from services.conflict_retry import retry_on_conflict
-from services.deferral import MessageDeferral
-from services.identifiers import task_id_for
-from services.job_lifecycle import complete_job, fail_job, queue_task_messages
-from services.logging_context import job_logger
-from services.outbox_relay import OutboxRelay
-from services.stage_flow import after_task_finished
+from services.engine.conflict_retry import retry_on_conflict
+from services.engine.contract import JobController, JobOutcome, TaskSpec
+from services.engine.deferral import MessageDeferral
+from services.engine.identifiers import task_id_for
+from services.engine.job_lifecycle import complete_job, fail_job, queue_task_messages
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
+from services.engine.registry import JobTypeRegistry
+from services.engine.stage_flow import after_task_finished
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class JobOrchestrator:
 
     def handle(self, message: JobMessage) -> list[OutboxMessage]:
         """A job queue delivery: ``process``, deferring the message while Postgres is unavailable.
-        Returns the messages published (services/work_chain.py follows them)."""
+        Returns the messages published (services/engine/work_chain.py follows them)."""
         try:
             return self.process(message)
         except DatabaseUnavailableError as exc:

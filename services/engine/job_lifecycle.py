@@ -15,7 +15,7 @@ from typing import Any
 from repositories.engine_repository import EngineRepository
 from schemas.jobs import SATISFIED_DEPENDENCY_STATUSES, JobPriority, JobRecord, JobStatus, OutboxMessage
 from schemas.messages import JobAction, JobMessage, TaskMessage
-from services.logging_context import job_logger
+from services.engine.logging_context import job_logger
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.queue_publisher import OutgoingMessage, QueuePublisher
-from services.retry_policy import backoff_seconds
+from services.engine.queue_publisher import OutgoingMessage, QueuePublisher
+from services.engine.retry_policy import backoff_seconds
 
 logger = logging.getLogger(__name__)
 

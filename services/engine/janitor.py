@@ -12,18 +12,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controllers.base import JobController
-from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.jobs import JobPriority, JobRecord, JobStatus, OutboxMessage, StageCounters, TaskStatus
 from schemas.messages import JobAction
-from services.job_lifecycle import dependency_state, fail_job, queue_job_message, queue_task_messages
-from services.logging_context import job_logger
-from services.outbox_relay import OutboxRelay
-from services.queue_publisher import OutgoingMessage, QueuePublisher
-from services.retry_policy import RetryPolicy
-from services.stage_flow import after_task_finished, close_stage
+from services.engine.contract import JobController
+from services.engine.job_lifecycle import dependency_state, fail_job, queue_job_message, queue_task_messages
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
+from services.engine.queue_publisher import OutgoingMessage, QueuePublisher
+from services.engine.registry import JobTypeRegistry
+from services.engine.retry_policy import RetryPolicy
+from services.engine.stage_flow import after_task_finished, close_stage
 
 logger = logging.getLogger(__name__)
 BATCH = 200

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from repositories.database import Database
 from schemas.jobs import OutboxMessage
-from services.queue_publisher import OutgoingMessage, QueuePublisher
+from services.engine.queue_publisher import OutgoingMessage, QueuePublisher
 
 logger = logging.getLogger(__name__)
 

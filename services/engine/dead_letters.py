@@ -10,16 +10,16 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.jobs import OutboxMessage, TaskStatus
 from schemas.messages import JobAction, JobMessage, TaskMessage
-from services.conflict_retry import retry_on_conflict
-from services.job_lifecycle import fail_job
-from services.logging_context import job_logger
-from services.outbox_relay import OutboxRelay
-from services.stage_flow import after_task_finished
+from services.engine.conflict_retry import retry_on_conflict
+from services.engine.job_lifecycle import fail_job
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
+from services.engine.registry import JobTypeRegistry
+from services.engine.stage_flow import after_task_finished
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)

@@ -12,18 +12,18 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from controllers.registry import JobTypeRegistry
 from repositories.database import Database
 from schemas.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from schemas.jobs import SATISFIED_DEPENDENCY_STATUSES, JobPriority, JobRecord, JobStatus, TaskRecord, TaskStatus
 from schemas.messages import JobAction
-from services.conflict_retry import retry_on_conflict
-from services.identifiers import job_id_for
-from services.job_control import JobControl
-from services.job_lifecycle import fail_job, queue_job_message
-from services.job_progress import compute_progress
-from services.logging_context import job_logger
-from services.outbox_relay import OutboxRelay
+from services.engine.conflict_retry import retry_on_conflict
+from services.engine.identifiers import job_id_for
+from services.engine.job_control import JobControl
+from services.engine.job_lifecycle import fail_job, queue_job_message
+from services.engine.job_progress import compute_progress
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
+from services.engine.registry import JobTypeRegistry
 
 logger = logging.getLogger(__name__)
 

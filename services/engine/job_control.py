@@ -9,10 +9,10 @@ from repositories.engine_repository import EngineRepository
 from schemas.errors import ConflictError, NotFoundError
 from schemas.jobs import JobRecord, JobStatus, OutboxMessage
 from schemas.messages import JobAction
-from services.conflict_retry import retry_on_conflict
-from services.job_lifecycle import cancel_job, dependency_state, queue_job_message, queue_task_messages
-from services.logging_context import job_logger
-from services.outbox_relay import OutboxRelay
+from services.engine.conflict_retry import retry_on_conflict
+from services.engine.job_lifecycle import cancel_job, dependency_state, queue_job_message, queue_task_messages
+from services.engine.logging_context import job_logger
+from services.engine.outbox_relay import OutboxRelay
 
 logger = logging.getLogger(__name__)
 RETRYABLE = (JobStatus.FAILED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELLED)
