@@ -19,7 +19,7 @@ from pydantic import Field
 
 from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
-from controllers.process_raster import CollectionId
+from controllers.process_raster_parameters import CollectionId
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from controllers.process_raster import collection_id_for
+from controllers.process_raster_parameters import collection_id_for
 from devstack.postgres import PostgresDatabase
 from devstack.sample_raster import upload_demo_raster
 from schemas.messages import TaskMessage

@@ -18,7 +18,8 @@ import rasterio
 from rasterio.env import get_gdal_config
 from rio_cogeo.cogeo import cog_validate
 
-from controllers.process_raster import ProcessRasterController, collection_id_for
+from controllers.process_raster import ProcessRasterController
+from controllers.process_raster_parameters import collection_id_for
 from devstack.postgres import PostgresDatabase
 from devstack.sample_raster import upload_demo_raster
 from repositories.blob_storage import BlobStorage

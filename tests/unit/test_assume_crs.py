@@ -18,7 +18,7 @@ import rasterio
 from pydantic import ValidationError
 from pyproj import CRS as ProjCRS
 
-from controllers.process_raster import ProcessRasterParameters
+from controllers.process_raster_parameters import ProcessRasterParameters
 from services.engine.job_service import field_errors
 from services.raster.crs import canonical_crs_text
 from services.raster.inspect import UnsupportedRasterError, inspect_dataset

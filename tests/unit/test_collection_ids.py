@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from controllers.catalog_container import CatalogContainerParameters
-from controllers.process_raster import ProcessRasterParameters, collection_id_for
+from controllers.process_raster_parameters import ProcessRasterParameters, collection_id_for
 from schemas.blob_names import blob_path_problem
 from services.engine.job_service import field_errors
 from services.stac.builder import COLLECTION_ID_PATTERN, collection_id_problem

@@ -8,12 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controllers.process_raster import (
-    ProcessRasterController,
-    ProcessRasterParameters,
-    RasterJobOptions,
-    collection_id_for,
-)
+from controllers.process_raster import ProcessRasterController, RasterJobOptions
+from controllers.process_raster_parameters import ProcessRasterParameters, collection_id_for
 from controllers.registry import default_registry
 from repositories.blob_storage import BlobInfo, BlobStorage
 from schemas.errors import BlobNotFoundError, ConflictError, PermanentTaskError
