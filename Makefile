@@ -35,9 +35,9 @@ help:
 deps: system-deps python-deps node-deps
 
 # Debian/Ubuntu packages behind: .venv (python3-venv), npm, Chromium (the dashboard's browser test),
-# the PostgreSQL server binaries. A remote POSTGRES_HOST needs no local server.
+# the PostgreSQL server binaries and PostGIS for them. A remote POSTGRES_HOST needs no local server.
 system-deps:
-	@$(BOOTSTRAP) system python-venv npm chromium $(if $(filter-out 127.0.0.1 localhost ::1,$(POSTGRES_HOST)),,postgres)
+	@$(BOOTSTRAP) system python-venv npm chromium gdal $(if $(filter-out 127.0.0.1 localhost ::1,$(POSTGRES_HOST)),,postgres postgis)
 
 # A missing, half-made or foreign .venv is (re)made; the requirements stamp lives inside it.
 venv:

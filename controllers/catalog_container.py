@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import Field
 
+from controllers.collection_ownership import CollectionOwnership, Owner
 from controllers.container_defaults import deployment_parameters_model
 from controllers.inventory_container import probe_chunk
 from controllers.process_raster_parameters import CollectionId
@@ -53,6 +54,7 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
     ) -> None:
         self._storage = storage
         self._db = database
+        self._ownership = CollectionOwnership(database)
         self._max_chunks = max_tasks_per_stage  # chunk tasks of one listing (MAX_TASKS_PER_STAGE)
         self.stages = (
             StageDefinition("list", self.list_blobs),
@@ -65,6 +67,20 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
         controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller
+
+    @staticmethod
+    def owner(params: CatalogContainerParameters) -> Owner:
+        """Who owns the job's collection: this listing (container, prefix, suffix)."""
+        suffix = f" (suffix {params.suffix!r})" if params.suffix else ""
+        return Owner(
+            key=f"catalog_container:{params.container}/{params.prefix}:{params.suffix or ''}",
+            description=f"catalog_container of {params.container}/{params.prefix}{suffix}",
+        )
+
+    def resolve_parameters(self, params: CatalogContainerParameters) -> CatalogContainerParameters:
+        """Claim the collection (409 naming collection_id when another source or job type owns it)."""
+        self._ownership.claim_at_submission(params.output_container, params.collection_id, self.owner(params))
+        return params
 
     def list_blobs(self, ctx: TaskContext[CatalogContainerParameters]) -> dict[str, Any]:
         return ChunkStore(self._db, ctx.job_id).list_into_chunks(
@@ -99,6 +115,7 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
                     skipped.append({"name": result["name"], "reason": result["skipped"]})
 
         source = f"{params.container}/{params.prefix}"
+        self._ownership.take_over(params.output_container, params.collection_id, self.owner(params), ctx.job_id)
         published = publish_in_place_catalog(
             self._storage,
             items(),

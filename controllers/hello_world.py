@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.errors import TransientTaskError
 from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 
 
@@ -29,8 +30,8 @@ class HelloWorldParameters(BaseModel):
         return round(self.n * self.fail_ratio)
 
 
-class InjectedFailureError(RuntimeError):
-    """Raised by greet tasks chosen by fail_ratio."""
+class InjectedFailureError(TransientTaskError):
+    """Raised by greet tasks chosen by fail_ratio: a transient failure, retried up to the attempt limit."""
 
 
 def item_key(index: int) -> str:

@@ -15,6 +15,12 @@ resubmission converts the new file. validate, and every cog task before and afte
 that the blob still has that etag: a source replaced after submission fails the job at once rather
 than mixing versions.
 
+Outputs never collide (docs/architecture.md, "Outputs never collide and never lie"): tiles go under
+``pipeline.output_prefix(blob_name, params.output_key)``, injective in (source path, output options,
+collection); the collection id is claimed for this source and these options at submission (409 for
+another owner, controllers/collection_ownership.py); plan and stac take over as the collection's
+writer before writing, which marks an earlier job of the same outputs ``superseded_by``.
+
 The plan is one task, not one per tile: a tile's plan is a window in a list, and per-tile plan
 tasks would only cost a queue round trip each. Lineage links plan to validate (same key), and the
 cog stage reads the whole plan in create_tasks, so every cog task carries its window.
@@ -22,17 +28,17 @@ cog stage reads the whole plan in create_tasks, so every cog task carries its wi
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from controllers.collection_ownership import CollectionOwnership, Owner
 from controllers.container_defaults import with_default_containers
-from controllers.process_raster_parameters import (
-    ProcessRasterParameters,
-    unquoted_etag,
-)
+from controllers.process_raster_parameters import ProcessRasterParameters, output_options, unquoted_etag
 from repositories.blob_storage import BlobStorage
+from repositories.database import Database
 from schemas.errors import ConflictError, PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
@@ -90,9 +96,12 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
     job_type = "process_raster"
     description = "GeoTIFF in blob storage → Cloud-Optimized GeoTIFF tile(s) and a STAC collection."
 
-    def __init__(self, storage: BlobStorage, options: RasterJobOptions) -> None:
+    def __init__(self, storage: BlobStorage, options: RasterJobOptions, database: Database | None = None) -> None:
         self._storage = storage
         self._options = options
+        # Collection ownership and output supersession (collection_owners); without a database
+        # (unit tests of the handlers) nothing is claimed.
+        self._ownership = CollectionOwnership(database) if database is not None else None
         # One per process in practice (the container builds the registry once): bounds how many
         # tile conversions, each up to a task budget, run at once in this process.
         self._conversion_slots = threading.BoundedSemaphore(options.conversions_per_process)
@@ -112,8 +121,29 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, storage: BlobStorage) -> ProcessRasterController:
-        return cls(storage, RasterJobOptions.from_settings(settings, storage))
+    def from_settings(
+        cls, settings: Settings, storage: BlobStorage, database: Database | None = None
+    ) -> ProcessRasterController:
+        return cls(storage, RasterJobOptions.from_settings(settings, storage), database)
+
+    @staticmethod
+    def owner(params: ProcessRasterParameters) -> Owner:
+        """Who owns the job's collection: this source path with these output options."""
+        options = output_options(params)
+        shown = f"process_raster of {params.container}/{params.blob_name}"
+        return Owner(
+            key=f"process_raster:{params.container}/{params.blob_name}:{params.options_key or 'default'}",
+            description=shown + (f" with {json.dumps(options, sort_keys=True)}" if options else ""),
+        )
+
+    def take_over_outputs(self, ctx: TaskContext[ProcessRasterParameters]) -> str | None:
+        """Become the writer of the job's collection before writing (see CollectionOwnership)."""
+        params = ctx.job_parameters
+        if self._ownership is None:
+            return None
+        return self._ownership.take_over(
+            params.output_container, params.resolved_collection_id, self.owner(params), ctx.job_id
+        )
 
     def cog_options(self, params: ProcessRasterParameters, metadata: RasterMetadata | None = None) -> CogOptions:
         resampling = params.overview_resampling or (
@@ -142,6 +172,10 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             raise ConflictError(
                 "the source is not the version asked for", details=[{"field": "source_etag", "message": message}]
             )
+        if self._ownership is not None:
+            self._ownership.claim_at_submission(
+                params.output_container, params.resolved_collection_id, self.owner(params)
+            )
         return params.model_copy(update={"source_etag": current})
 
     def check_source_version(self, params: ProcessRasterParameters, etag: str | None = None) -> None:
@@ -162,7 +196,11 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         params = ctx.job_parameters
         self.check_source_version(params)  # before reading: a replaced file is not "corrupt"
         report = validate_source(
-            self._storage, params.source, assume_crs=params.assume_crs, options=self.cog_options(params)
+            self._storage,
+            params.source,
+            assume_crs=params.assume_crs,
+            options=self.cog_options(params),
+            warp=params.warp_options,
         )
         self.check_source_version(params, report["source"]["etag"])
         return {**report, "observed_at": datetime.now(UTC).isoformat()}
@@ -185,6 +223,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         except TilingError as exc:
             raise PermanentTaskError(str(exc)) from exc
         self._storage.ensure_container(params.output_container)
+        supersedes = self.take_over_outputs(ctx)  # before any cog task writes
         largest = max(tiles, key=lambda t: t.width * t.height)
         item_datetime = params.datetime.isoformat() if params.datetime else None
         return {
@@ -196,6 +235,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
                 largest.width, largest.height, metadata.count, metadata.itemsize
             ),
             "memory_budget_bytes": self._options.memory.budget_bytes,
+            "supersedes": supersedes,
         }
 
     def convert(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
@@ -207,7 +247,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             params.source,
             metadata,
             TileWindow.from_dict(ctx.parameters["window"]),
-            BlobRef(params.output_container, tile_blob(params.blob_name, ctx.task_key)),
+            BlobRef(params.output_container, tile_blob(params.blob_name, ctx.task_key, params.output_key)),
             self.cog_options(params, metadata),
             conversion_slots=self._conversion_slots,
         )
@@ -219,12 +259,14 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
     def catalog(self, ctx: TaskContext[ProcessRasterParameters]) -> dict[str, Any]:
         params = ctx.job_parameters
         tiles = [CatalogTile.from_result(key, result) for key, result in ctx.parameters["tiles"].items()]
+        self.take_over_outputs(ctx)  # still the writer (a job planned before ownership was recorded claims here)
         return publish_catalog(
             self._storage,
             params.source,
             tiles,
             output_container=params.output_container,
             collection_id=params.resolved_collection_id,
+            output_key=params.output_key,
         )
 
     # --- fan-out and fan-in -------------------------------------------------------------------
@@ -255,6 +297,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         return {
             "source": {**params.source.to_dict(), "etag": params.source_etag},
             "tiles": len(tiles),
+            "supersedes": outcome.results_by_stage.get("plan", {}).get(SOURCE_KEY, {}).get("supersedes"),
             "outputs": {
                 "cogs": [tile["cog"] for tile in tiles],
                 "stac_collection": catalog.get("collection"),

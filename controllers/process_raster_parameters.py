@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import unicodedata
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from schemas.blob_names import BlobPath, ContainerName
 from services.raster.cog import Compression, OverviewResampling
 from services.raster.crs import FORMS, CrsInputError, canonical_crs_text
 from services.raster.pipeline import BlobRef
 from services.raster.tiling import COG_BLOCK_SIZE
+from services.raster.warp import WEB_MERCATOR_CODE, WarpMode, WarpOptions, WarpResampling
 from services.stac.builder import (
     COLLECTION_ID_PATTERN,
     MAX_COLLECTION_ID_LENGTH,
@@ -45,9 +56,11 @@ SourceEtag = Annotated[
 ]
 
 
-def collection_id_for(blob_name: str) -> str:
-    """The default collection id of a source blob; always satisfies the collection id rule, and two
-    different blob names never get the same id.
+def collection_id_for(blob_name: str, options_key: str | None = None) -> str:
+    """The default collection id of a source blob converted with output options ``options_key``
+    (``output_options_key``; None: the defaults); always satisfies the collection id rule, and two
+    different (blob name, options) never get the same id. With options other than the defaults the
+    id is always the hashed form, the hash over the name and the options.
 
     ``name.tif`` in the container's root, with ``name`` itself a valid id, gives ``name``. Any other
     name (a folder, upper case, spaces, non-ASCII, another extension, too long) is lossy when
@@ -55,7 +68,7 @@ def collection_id_for(blob_name: str) -> str:
     '-' and 12 hex digits of the name's SHA-256: ``a/b.tif`` → ``a-b-<hash>``, ``a-b.tif`` → ``a-b``.
     A plain id never ends like a hashed one (such a name is hashed too), so the two kinds never meet.
     """
-    if blob_name.endswith(".tif"):
+    if blob_name.endswith(".tif") and options_key is None:
         stem = blob_name.removesuffix(".tif")
         if collection_id_problem(stem) is None and not _HASHED.search(stem):
             return stem
@@ -63,8 +76,31 @@ def collection_id_for(blob_name: str) -> str:
     slug = re.sub(r"[^a-z0-9_.-]+", "-", ascii_name.lower())
     slug = re.sub(r"\.{2,}", ".", re.sub(r"-{2,}", "-", slug)).strip("-._")
     slug = slug[: MAX_COLLECTION_ID_LENGTH - COLLECTION_ID_HASH_DIGITS - 1].rstrip("-._") or "raster"
-    digest = hashlib.sha256(blob_name.encode("utf-8", "surrogatepass")).hexdigest()[:COLLECTION_ID_HASH_DIGITS]
+    hashed = blob_name if options_key is None else f"{blob_name}\0{options_key}"
+    digest = hashlib.sha256(hashed.encode("utf-8", "surrogatepass")).hexdigest()[:COLLECTION_ID_HASH_DIGITS]
     return f"{slug}-{digest}"
+
+
+# Parameters that do not change the COG files: the source's path (in the output path itself), where
+# and under which collection they go, the source version (a replaced source writes the same
+# outputs, superseding the older job) and the STAC datetime. Every other parameter with a value
+# other than its default is an output option (so a new option is one automatically).
+OUTPUT_NEUTRAL_FIELDS = frozenset({"blob_name", "output_container", "collection_id", "source_etag", "datetime"})
+OUTPUT_KEY_DIGITS = 12
+
+
+def output_options(params: BaseModel) -> dict[str, Any]:
+    """The output-affecting parameters that differ from their defaults (JSON values)."""
+    dumped = params.model_dump(mode="json", exclude_defaults=True)
+    return {key: value for key, value in sorted(dumped.items()) if key not in OUTPUT_NEUTRAL_FIELDS}
+
+
+def options_key(options: dict[str, Any]) -> str | None:
+    """12 hex digits of the SHA-256 of ``options`` (canonical JSON); None for no options."""
+    if not options:
+        return None
+    canonical = json.dumps(options, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:OUTPUT_KEY_DIGITS]
 
 
 class ProcessRasterParameters(BaseModel):
@@ -77,7 +113,9 @@ class ProcessRasterParameters(BaseModel):
         default=None,
         description="STAC collection id: 1-128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter "
         "or digit, no '..', not ending in '.'. Default derived from the blob name: dem.tif → dem; any other "
-        "name → a slug plus 12 hex digits of its SHA-256 (terrain/dem.tif → terrain-dem-<hash>).",
+        "name → a slug plus 12 hex digits of its SHA-256 (terrain/dem.tif → terrain-dem-<hash>); with output "
+        "options other than the defaults always the hashed form, over the name and the options. A collection id "
+        "belongs to one source with one set of output options: naming another's is a 409.",
     )
     compression: Compression = Field(
         default="deflate", description="COG compression; jpeg/webp only for uint8 RGB(A) (jpeg also 1 band)."
@@ -103,6 +141,28 @@ class ProcessRasterParameters(BaseModel):
         max_length=20000,
         description=f"CRS for a source without one: {FORMS}. Stored resolved (the code, or canonical WKT2).",
     )
+    warp: WarpMode = Field(
+        default="auto",
+        description='"auto": a source with a rotated or sheared geotransform, or placed by ground control points '
+        "or RPCs only, is warped to a north-up grid (the one gdalwarp chooses by default), as is one whose CRS "
+        'is not target_crs or with web_optimized; "never": such a source fails the job instead.',
+    )
+    target_crs: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=20000,
+        description=f"CRS of the output ({FORMS}); a source in another CRS is warped to it. Default: the "
+        "source's (for RPCs, EPSG:4326). Stored resolved (the code, or canonical WKT2).",
+    )
+    web_optimized: bool = Field(
+        default=False,
+        description="Warp to EPSG:3857 aligned to the GoogleMapsCompatible tile matrix (as rio-cogeo's "
+        "web-optimized COGs): the pixel size of the closest finer zoom level, whole 256-px tiles.",
+    )
+    resampling: WarpResampling | None = Field(
+        default=None,
+        description="Resampling when warping; default nearest for paletted/categorical, bilinear otherwise.",
+    )
     source_etag: SourceEtag | None = Field(
         default=None,
         description="ETag of the version of the source the job converts, part of the job id: recorded at "
@@ -111,7 +171,7 @@ class ProcessRasterParameters(BaseModel):
         "fails the job.",
     )
 
-    @field_validator("assume_crs")
+    @field_validator("assume_crs", "target_crs")
     @classmethod
     def _known_crs(cls, value: str | None) -> str | None:
         # Resolved from the text alone (no URL, file or PROJ string); the canonical form is what the
@@ -123,11 +183,44 @@ class ProcessRasterParameters(BaseModel):
         except CrsInputError as exc:
             raise ValueError(str(exc)) from exc
 
+    @field_validator("target_crs", "web_optimized")
+    @classmethod
+    def _needs_warping(cls, value: str | bool | None, info: ValidationInfo) -> str | bool | None:
+        if value and info.data.get("warp") == "never":
+            raise ValueError(f'{info.field_name} needs warping, and warp is "never"')
+        target = info.data.get("target_crs")
+        if info.field_name == "web_optimized" and value and target and target != WEB_MERCATOR_CODE:
+            raise ValueError(f"web_optimized output is in {WEB_MERCATOR_CODE}; target_crs is {target}")
+        return value
+
+    @property
+    def warp_options(self) -> WarpOptions:
+        return WarpOptions(self.warp, self.target_crs, self.web_optimized, self.resampling)
+
     @model_validator(mode="after")
     def _derive_collection_id(self) -> ProcessRasterParameters:
         if self.collection_id is None:
-            self.collection_id = collection_id_for(self.blob_name)
+            self.collection_id = self.default_collection_id
         return self
+
+    @property
+    def options_key(self) -> str | None:
+        """The hash of the output options (``output_options``), None for the defaults."""
+        return options_key(output_options(self))
+
+    @property
+    def default_collection_id(self) -> str:
+        return collection_id_for(self.blob_name, self.options_key)
+
+    @property
+    def output_key(self) -> str | None:
+        """What the COG paths add to the source path (pipeline.output_prefix): the output options and
+        an explicit collection id, hashed; None for default options and the default collection.
+        Output paths are thus injective in (source, options, collection): one collection's files."""
+        options = output_options(self)
+        if self.collection_id is not None and self.collection_id != self.default_collection_id:
+            options["collection_id"] = self.collection_id
+        return options_key(options)
 
     @property
     def source(self) -> BlobRef:
@@ -135,4 +228,4 @@ class ProcessRasterParameters(BaseModel):
 
     @property
     def resolved_collection_id(self) -> str:
-        return self.collection_id or collection_id_for(self.blob_name)
+        return self.collection_id or self.default_collection_id

@@ -12,6 +12,7 @@ from controllers.extract_metadata import ExtractMetadataController
 from controllers.hello_world import HelloWorldController
 from controllers.inventory_container import InventoryContainerController
 from controllers.process_raster import ProcessRasterController
+from controllers.stage_vector import StageVectorController
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.settings import Settings
@@ -27,13 +28,14 @@ def default_registry(
 
     Without settings and the data account's ``storage`` only the job types that need no resources
     are built; the listing job types (inventory_container, catalog_container, extract_metadata)
-    also need the database, for their blob chunks.
+    also need the database, for their blob chunks, and stage_vector for the tables it loads.
     """
     controllers: list[JobController[Any]] = [HelloWorldController()]
     if settings is not None and storage is not None:
-        controllers.append(ProcessRasterController.from_settings(settings, storage))
+        controllers.append(ProcessRasterController.from_settings(settings, storage, database))
         if database is not None:
             controllers.append(InventoryContainerController.from_settings(settings, storage, database))
             controllers.append(CatalogContainerController.from_settings(settings, storage, database))
             controllers.append(ExtractMetadataController.from_settings(settings, storage, database))
+            controllers.append(StageVectorController.from_settings(settings, storage, database))
     return JobTypeRegistry(controllers)

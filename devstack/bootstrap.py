@@ -2,9 +2,10 @@
 
 The Makefile runs this with the system ``python3``:
 
-- ``system [python-venv] [npm] [postgres] [chromium]``: the system packages behind those names, installed with
-  apt-get (Debian/Ubuntu, as root), each announced in one line saying what and why, with apt's own
-  progress shown. Not root, or no apt-get: one line naming what to install, exit code 1.
+- ``system [python-venv] [npm] [postgres] [postgis] [chromium] [gdal]``: the system packages behind
+  those names, installed with apt-get (Debian/Ubuntu, as root), each announced in one line saying
+  what and why, with apt's own progress shown. Not root, or no apt-get: one line naming what to
+  install, exit code 1.
 - ``venv DIR``: a working virtual environment in DIR; a half-made or broken one (no pip, made by
   another Python, a dangling interpreter link) is removed and made again.
 - ``npm-ci``: ``npm ci`` of the project's package-lock.json (Azurite) run by the pinned Node.js
@@ -50,6 +51,28 @@ def find_postgres_bindir() -> Path | None:
             return candidate
     on_path = shutil.which("initdb")
     return Path(on_path).parent if on_path else None
+
+
+DEBIAN_POSTGRES_MAJOR = 15  # what Debian 12's "postgresql" installs
+
+
+def postgres_major() -> int:
+    """The major version of the Postgres server binaries here (Debian 12's when none are installed yet)."""
+    bindir = find_postgres_bindir()
+    if bindir is not None and bindir.parent.name.isdigit():
+        return int(bindir.parent.name)
+    if bindir is not None and (pg_config := shutil.which("pg_config")):
+        out = subprocess.run([pg_config, "--version"], capture_output=True, text=True, check=False).stdout
+        match = re.search(r"(\d+)", out)
+        if match:
+            return int(match.group(1))
+    return DEBIAN_POSTGRES_MAJOR
+
+
+def has_postgis(major: int | None = None) -> bool:
+    """PostGIS for the installed Postgres: its extension control file in that version's share directory."""
+    version = major if major is not None else postgres_major()
+    return Path(f"/usr/share/postgresql/{version}/extension/postgis.control").exists()
 
 
 def find_chromium() -> Path | None:
@@ -105,12 +128,25 @@ REQUIREMENTS = {
         "the PostgreSQL server binaries, for the project's own Postgres in .stack/ (stack and tests)",
         lambda: find_postgres_bindir() is not None,
     ),
+    "postgis": Requirement(
+        "postgis",
+        (f"postgresql-{postgres_major()}-postgis-3",),
+        "PostGIS for that Postgres (same major version): stage_vector creates the extension on first use",
+        has_postgis,
+    ),
     "chromium": Requirement(
         "chromium",
         ("chromium", "fonts-liberation", "libatomic1"),
         "a headless Chromium (with fonts for its screenshots) and libatomic1 (Playwright's Node.js driver "
         "needs it), for the dashboard's browser test",
         lambda: find_chromium() is not None and has_libatomic(),
+    ),
+    "gdal": Requirement(
+        "gdal",
+        ("gdal-bin",),
+        "GDAL's command-line tools (gdalwarp), the reference process_raster's warped output is compared "
+        "with in the tests",
+        lambda: shutil.which("gdalwarp") is not None,
     ),
 }
 

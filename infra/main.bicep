@@ -71,10 +71,14 @@ param bronzeContainerName string = 'bronze'
 @description('Output container jobs write by default (SILVER_CONTAINER, OUTPUT_CONTAINERS).')
 param silverContainerName string = 'silver'
 
-@description('Queue names (JOB_QUEUE, TASK_QUEUE, HIGH_PRIORITY_TASK_QUEUE); each gets a -poison queue too.')
+@description('Queue names (JOB_QUEUE, TASK_QUEUE, HIGH_PRIORITY_TASK_QUEUE, WEBHOOK_QUEUE); each gets a -poison queue too.')
 param jobQueueName string = 'geospatial-jobs'
 param taskQueueName string = 'geospatial-tasks'
 param highPriorityTaskQueueName string = 'geospatial-tasks-high'
+param webhookQueueName string = 'geospatial-webhooks'
+
+@description('Key Vault secret (whsec_ + base64) that signs job-completion webhooks (WEBHOOK_SECRET_NAME); empty: callback_url is refused.')
+param webhookSecretName string = ''
 
 @description('Most instances the Function App scales out to. Flex Consumption accepts 40 to 1000 (documented lower bound 40). Every instance may hold DB_POOL_MAX_SIZE Postgres connections.')
 @minValue(40)
@@ -304,6 +308,7 @@ module storage 'modules/storage.bicep' = {
     jobQueueName: jobQueueName
     taskQueueName: taskQueueName
     highPriorityTaskQueueName: highPriorityTaskQueueName
+    webhookQueueName: webhookQueueName
   }
 }
 
@@ -394,6 +399,8 @@ module functionApp 'modules/function-app.bicep' = {
     jobQueueName: jobQueueName
     taskQueueName: taskQueueName
     highPriorityTaskQueueName: highPriorityTaskQueueName
+    webhookQueueName: webhookQueueName
+    webhookSecretName: webhookSecretName
     postgresHost: postgres.outputs.postgresHost
     postgresDatabaseName: postgresDatabaseName
     postgresUser: postgresUser

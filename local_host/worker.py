@@ -55,7 +55,22 @@ def base_url(options: HostOptions, config: HostConfig) -> str:
     return f"{root}/{config.http.route_prefix}" if config.http.route_prefix else root
 
 
+def _flush_telemetry() -> None:
+    """Send what the app's OpenTelemetry exporters still buffer (only if the app configured them):
+    the exit below skips their atexit hooks."""
+    if "opentelemetry.sdk" not in sys.modules:
+        return
+    from opentelemetry import _logs, metrics, trace
+
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), _logs.get_logger_provider()):
+        force_flush = getattr(provider, "force_flush", None)
+        if callable(force_flush):
+            with contextlib.suppress(Exception):  # exiting anyway
+                force_flush(timeout_millis=2000)
+
+
 def _flush_and_exit(code: int) -> NoReturn:
+    _flush_telemetry()
     for stream in (sys.stdout, sys.stderr):
         finish = getattr(stream, "finish", None)
         with contextlib.suppress(Exception):  # exiting anyway

@@ -278,6 +278,19 @@ class Database:
         except pybreaker.CircuitBreakerError as exc:
             raise DatabaseUnavailableError(f"postgres circuit open: {exc}") from exc
 
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection for bulk work outside the engine's queries (stage_vector's COPY and
+        swap): the caller opens its own transactions (``conn.transaction()``); whatever is left open
+        commits on success. Driver errors the caller lets through are translated."""
+        try:
+            with self._live_connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            raise translate_driver_error(exc) from exc
+
     def close(self) -> None:
         with self._lock:
             if self._pool is not None:

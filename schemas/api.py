@@ -89,11 +89,32 @@ class JobProgress(ApiModel):
     eta_seconds: float | None = Field(description="Estimated seconds to completion; null until measurable.")
 
 
+class WebhookState(ApiModel):
+    """One subscriber (``callback_url``) of a job and its latest delivery."""
+
+    url: str = Field(description="The callback URL; a query string is shown as `?redacted`.")
+    status: Literal["waiting", "pending", "delivering", "delivered", "failed"] = Field(
+        description="waiting: the job has not ended since the subscription; pending: an attempt is due at "
+        "`next_attempt_at`; delivering: an attempt is in flight; delivered: a 2xx answer; failed: every "
+        "attempt failed."
+    )
+    event_type: str | None = Field(description="The delivery's event, e.g. `job.completed`; null while waiting.")
+    webhook_id: str | None = Field(description="The `webhook-id` header, the same on every attempt of a delivery.")
+    attempts: int = Field(ge=0)
+    max_attempts: int = Field(ge=1)
+    next_attempt_at: datetime | None
+    last_error: str | None
+    last_status_code: int | None
+    delivered_at: datetime | None
+    subscribed_at: datetime | None
+
+
 class JobStatusDocument(JobSummary):
     """GET /jobs/{job_id}."""
 
     progress: JobProgress
     result: dict[str, Any] | None = Field(description="What the job's finalizer returned, once it completed.")
+    webhooks: list[WebhookState] = Field(description="The job's callback URLs and their deliveries.")
 
 
 class JobPage(ApiModel):
@@ -231,7 +252,7 @@ class Liveness(ApiModel):
 
 class QueueDepth(ApiModel):
     name: str
-    role: str = Field(description='"jobs", "tasks" or "tasks_high".')
+    role: str = Field(description='"jobs", "tasks", "tasks_high" or "webhooks".')
     poison: bool
     approximate_messages: int
     oldest_message_age_seconds: float | None

@@ -4,7 +4,9 @@ Two families:
 - request errors, raised while handling an HTTP call; triggers/http_errors.py maps each to one
   HTTP status code (one table);
 - task errors, raised by task handlers: ``PermanentTaskError`` fails the task at once (bad input),
-  anything else is transient and retried with backoff up to the job type's attempt limit.
+  ``TransientTaskError`` (and the other families listed in services/engine/error_classification.py)
+  is retried with backoff up to the job type's attempt limit; an exception nobody classified fails
+  the task in one attempt as an internal error.
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     job_queue: str = Field(default="geospatial-jobs", pattern=QUEUE_NAME_PATTERN)
     task_queue: str = Field(default="geospatial-tasks", pattern=QUEUE_NAME_PATTERN)
     high_priority_task_queue: str = Field(default="geospatial-tasks-high", pattern=QUEUE_NAME_PATTERN)
+    webhook_queue: str = Field(default="geospatial-webhooks", pattern=QUEUE_NAME_PATTERN)
 
     # Postgres.
     postgres_host: str = "127.0.0.1"
@@ -97,6 +98,8 @@ class Settings(BaseSettings):
     postgres_reserved_connections: int = Field(default=10, ge=0)
     app_max_instances: int | None = Field(default=None, ge=1)
     postgres_schema: str = Field(default="geoetl", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Schema stage_vector loads tables into when a job names none (created with PostGIS on first use).
+    vector_schema: str = Field(default="geodata", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=10, ge=1)
     db_connect_timeout_seconds: int = Field(default=10, ge=1)
@@ -172,9 +175,26 @@ class Settings(BaseSettings):
     key_vault_url: str | None = Field(default=None, pattern=r"^https://[^/?#\s]+/?$")
     key_vault_cache_seconds: float = Field(default=300.0, ge=0)
 
-    log_level: str = "INFO"
+    # Job-completion webhooks (job option callback_url, services/webhooks/). Signed with WEBHOOK_SECRET
+    # (whsec_ + base64) or the Key Vault secret WEBHOOK_SECRET_NAME; none: callback_url is refused.
+    # http:// callbacks and private, loopback or link-local addresses only when allowed (local use).
+    # Attempts: one at once, then one after each delay of WEBHOOK_RETRY_DELAYS_SECONDS (comma-separated).
+    webhook_secret: SecretStr = SecretStr("")
+    webhook_secret_name: str | None = Field(default=None, pattern=r"^[0-9A-Za-z-]{1,127}$")
+    webhook_allow_http: bool = False
+    webhook_allow_private_networks: bool = False
+    webhook_retry_delays_seconds: Annotated[tuple[float, ...], NoDecode] = (60.0, 300.0, 900.0, 1800.0, 3600.0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)  # one whole attempt
 
-    @field_validator("input_containers", "output_containers", mode="before")
+    log_level: str = "INFO"
+    # Application Insights (services/telemetry): traces, logs and metrics through
+    # azure-monitor-opentelemetry. Empty: telemetry off (no exporter, no thread, no network).
+    applicationinsights_connection_string: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=_alias("APPLICATIONINSIGHTS_CONNECTION_STRING", "applicationinsights_connection_string"),
+    )
+
+    @field_validator("input_containers", "output_containers", "webhook_retry_delays_seconds", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -189,9 +209,33 @@ class Settings(BaseSettings):
             raise ValueError(f"{', '.join(host)}: {HOST_CONTAINER_PREFIX}* containers belong to the Functions host")
         return value
 
+    @field_validator("webhook_retry_delays_seconds")
+    @classmethod
+    def _webhook_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) > 20 or any(not 0 <= d <= 7 * 24 * 3600 for d in value):
+            raise ValueError("at most 20 delays, each 0 to 604800 seconds (a queue message's longest delay)")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr) -> SecretStr:
+        import base64
+        import binascii
+
+        text = value.get_secret_value()
+        if text:
+            try:
+                key = base64.b64decode(text.removeprefix("whsec_") + "==", validate=False)
+            except (binascii.Error, ValueError):
+                key = b""
+            if not text.startswith("whsec_") or len(key) < 24:
+                raise ValueError("must be whsec_ followed by the base64 of at least 24 random bytes")
+        return value
+
     @field_validator(
         *sorted(IDENTITY_STORAGE_SETTINGS),
         "postgres_password_secret_name",
+        "webhook_secret_name",
         "key_vault_url",
         "postgres_max_connections",
         "app_max_instances",
@@ -219,6 +263,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} {default!r} is not in its allow-list {', '.join(allowed)}")
         if self.postgres_password_secret_name and not self.key_vault_url:
             raise ValueError("POSTGRES_PASSWORD_SECRET_NAME needs KEY_VAULT_URL")
+        if self.webhook_secret_name and not self.key_vault_url:
+            raise ValueError("WEBHOOK_SECRET_NAME needs KEY_VAULT_URL")
         if self.postgres_max_connections is not None and self.app_max_instances is not None:
             budget = self.postgres_max_connections - self.postgres_reserved_connections
             needed = self.db_pool_max_size * self.app_max_instances

@@ -1,7 +1,8 @@
 """Circuit breakers (pybreaker: closed → open → half-open) guarding each external service.
 
 While a breaker is open, calls fail fast with ``CircuitOpenError`` (transient), so tasks are
-re-queued with backoff instead of piling up on a dead dependency. State changes are logged.
+re-queued with backoff instead of piling up on a dead dependency. State changes are logged and
+counted (metric geoetl.circuit_breaker.state_changes).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import pybreaker
 
 from schemas.errors import DatabaseUnavailableError, TransientTaskError
+from services.telemetry import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class _LogStateChanges(pybreaker.CircuitBreakerListener):
             new_state.name,
             extra={"circuit": cb.name, "circuit_state": new_state.name},
         )
+        metrics.circuit_state_changed(cb.name or "unnamed", new_state.name)
 
 
 def make_breaker(

@@ -38,6 +38,11 @@ from services.engine.work_chain import WorkChain
 from services.health import HealthCheck, HealthTargets
 from services.operations import Operations, OperationsOptions, QueueInspector
 from services.rate_limits import SubmissionLimiter
+from services.telemetry.backlog import BacklogProbe, backlog_probe
+from services.webhooks.delivery import DeliveryOptions, WebhookDeliverer
+from services.webhooks.sender import WebhookSender
+from services.webhooks.signing import WebhookSecretError, WebhookSigner
+from services.webhooks.subscriptions import CallbackPolicy
 
 T = TypeVar("T")
 
@@ -175,7 +180,12 @@ class ServiceContainer:
             "publisher",
             lambda: QueuePublisher(
                 self.host_storage,
-                {"jobs": s.job_queue, "tasks": s.task_queue, "tasks_high": s.high_priority_task_queue},
+                {
+                    "jobs": s.job_queue,
+                    "tasks": s.task_queue,
+                    "tasks_high": s.high_priority_task_queue,
+                    "webhooks": s.webhook_queue,
+                },
                 concurrency=s.publish_concurrency,
                 breaker=self.breaker("storage"),
             ),
@@ -199,8 +209,51 @@ class ServiceContainer:
     def job_service(self) -> JobService:
         return self._once(
             "job_service",
-            lambda: JobService(self.db, self.registry, self.relay, max_list_limit=self.settings.job_list_max_limit),
+            lambda: JobService(
+                self.db,
+                self.registry,
+                self.relay,
+                max_list_limit=self.settings.job_list_max_limit,
+                callbacks=self.callback_policy,
+            ),
         )
+
+    @property
+    def callback_policy(self) -> CallbackPolicy:
+        """Which callback_url values submissions accept (WEBHOOK_* settings)."""
+        s = self.settings
+        return CallbackPolicy(
+            signing_configured=bool(s.webhook_secret.get_secret_value() or s.webhook_secret_name),
+            allow_http=s.webhook_allow_http,
+            allow_private=s.webhook_allow_private_networks,
+            max_attempts=1 + len(s.webhook_retry_delays_seconds),
+        )
+
+    def webhook_secret(self) -> str:
+        """The signing secret: WEBHOOK_SECRET, else the Key Vault secret WEBHOOK_SECRET_NAME (cached)."""
+        s = self.settings
+        if s.webhook_secret.get_secret_value():
+            return s.webhook_secret.get_secret_value()
+        store = self.secret_store
+        if s.webhook_secret_name and store is not None:
+            return store.get(s.webhook_secret_name)
+        raise WebhookSecretError("no webhook secret: set WEBHOOK_SECRET or WEBHOOK_SECRET_NAME")
+
+    @property
+    def webhook_deliverer(self) -> WebhookDeliverer:
+        """One delivery attempt per 'webhooks' queue message (triggers/queue_webhooks.py)."""
+        s = self.settings
+
+        def build() -> WebhookDeliverer:
+            sender = WebhookSender(
+                allow_private=s.webhook_allow_private_networks,
+                allow_http=s.webhook_allow_http,
+                timeout_seconds=s.webhook_timeout_seconds,
+            )
+            options = DeliveryOptions(s.webhook_retry_delays_seconds, s.webhook_timeout_seconds)
+            return WebhookDeliverer(self.db, self.relay, sender, WebhookSigner(self.webhook_secret), options)
+
+        return self._once("webhook_deliverer", build)
 
     @property
     def submission_limiter(self) -> SubmissionLimiter:
@@ -262,7 +315,9 @@ class ServiceContainer:
             stalled_job_after_seconds=s.janitor_stalled_job_after_seconds,
             poison_retention_hours=s.poison_retention_hours,
             default_retry=self.default_retry,
-            poison_queues=tuple(f"{q}-poison" for q in (s.job_queue, s.task_queue, s.high_priority_task_queue)),
+            poison_queues=tuple(
+                f"{q}-poison" for q in (s.job_queue, s.task_queue, s.high_priority_task_queue, s.webhook_queue)
+            ),
         )
         return self._once("janitor", lambda: Janitor(self.db, self.registry, self.relay, self.publisher, options))
 
@@ -284,9 +339,19 @@ class ServiceContainer:
     def operations(self) -> Operations:
         """Operator tools: queue depths, dead letters, poison queues, statistics (triggers/http_operations.py)."""
         s = self.settings
-        options = OperationsOptions(s.job_queue, s.task_queue, s.high_priority_task_queue)
+        options = OperationsOptions(s.job_queue, s.task_queue, s.high_priority_task_queue, s.webhook_queue)
         return self._once(
             "operations", lambda: Operations(self.db, self.relay, QueueInspector(self.host_storage), options)
+        )
+
+    @property
+    def telemetry_backlog(self) -> BacklogProbe:
+        """What the backlog gauges read (services/telemetry/metrics.py): the engine's queues and their
+        poison queues, the outbox and open dead letters; each read at most every 30 s."""
+        s = self.settings
+        queues = (s.job_queue, s.task_queue, s.high_priority_task_queue, s.webhook_queue)
+        return self._once(
+            "telemetry_backlog", lambda: backlog_probe(self.db, QueueInspector(self.host_storage), queues)
         )
 
     def close(self) -> None:
@@ -295,7 +360,10 @@ class ServiceContainer:
             db = self._instances.pop("db", None)
             health = self._instances.pop("health", None)
             secret_store = self._instances.pop("secret_store", None)
+            deliverer = self._instances.pop("webhook_deliverer", None)
             self._instances.clear()
+        if isinstance(deliverer, WebhookDeliverer):
+            deliverer.close()
         if isinstance(secret_store, SecretStore):
             secret_store.close()
         if isinstance(health, HealthCheck):

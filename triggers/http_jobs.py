@@ -8,15 +8,20 @@ import azure.functions as func
 
 from services.container import ServiceContainer
 from services.rate_limits import caller_key
+from services.telemetry.spans import annotate
 from triggers.http_input import INT4_MAX, optional_int, query_text, read_json_body, route_text
 from triggers.http_responses import json_api, json_response
 
 __all__ = ["create_blueprint", "optional_int", "read_json_body", "status_url"]
 
 
-def status_url(req: func.HttpRequest, job_id: str) -> str:
+def api_base(req: func.HttpRequest) -> str:
     parts = urlsplit(req.url)
-    return f"{parts.scheme}://{parts.netloc}/api/jobs/{job_id}"
+    return f"{parts.scheme}://{parts.netloc}/api"
+
+
+def status_url(req: func.HttpRequest, job_id: str) -> str:
+    return f"{api_base(req)}/jobs/{job_id}"
 
 
 def create_blueprint(container: ServiceContainer) -> func.Blueprint:
@@ -31,8 +36,9 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
         container.submission_limiter.take(caller_key(req.headers, req.params))
         job_type = route_text(req, "job_type")
         body = read_json_body(req, container.settings.max_request_bytes)
-        submission = container.job_service.submit(job_type, body)
+        submission = container.job_service.submit(job_type, body, api_base=api_base(req))
         job = submission.job
+        annotate(job_id=job.job_id)
         payload = {
             "job_id": job.job_id,
             "status": str(job.status),

@@ -28,6 +28,7 @@ from schemas.errors import (
     TransactionConflictError,
 )
 from schemas.settings import Settings
+from services.telemetry.spans import request_span, set_status_code
 
 logger = logging.getLogger(__name__)
 
@@ -114,15 +115,27 @@ def json_errors(handler: HttpHandler) -> HttpHandler:
 
 def json_api(settings: Settings) -> Callable[[HttpHandler], HttpHandler]:
     """``json_errors`` plus the HTTP path's Postgres policy: a connection is awaited at most
-    DB_HTTP_ACQUIRE_TIMEOUT_SECONDS (then 503), so callers learn of an outage at once."""
+    DB_HTTP_ACQUIRE_TIMEOUT_SECONDS (then 503), so callers learn of an outage at once. Each request
+    is a span (services/telemetry/spans.py) named by the function, with the route's job_id / job_type."""
 
     def decorate(handler: HttpHandler) -> HttpHandler:
         guarded = json_errors(handler)
 
         @wraps(handler)
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-            with request_acquire_timeout(settings.db_http_acquire_timeout_seconds):
-                return guarded(req)
+            route = req.route_params or {}
+            with request_span(
+                handler.__name__,
+                req.method,
+                route_path(req),
+                req.headers,
+                job_id=route.get("job_id"),
+                job_type=route.get("job_type"),
+            ) as span:
+                with request_acquire_timeout(settings.db_http_acquire_timeout_seconds):
+                    response = guarded(req)
+                set_status_code(span, response.status_code)
+                return response
 
         return wrapper
 

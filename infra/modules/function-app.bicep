@@ -27,6 +27,8 @@ param silverContainerName string
 param jobQueueName string
 param taskQueueName string
 param highPriorityTaskQueueName string
+param webhookQueueName string
+param webhookSecretName string
 
 // From postgres.bicep and main.bicep.
 param postgresHost string
@@ -86,6 +88,13 @@ var appSettings = {
   JOB_QUEUE: jobQueueName
   TASK_QUEUE: taskQueueName
   HIGH_PRIORITY_TASK_QUEUE: highPriorityTaskQueueName
+  // Job-completion webhooks: https and public addresses only; signed with the Key Vault secret.
+  WEBHOOK_QUEUE: webhookQueueName
+  WEBHOOK_SECRET_NAME: webhookSecretName
+  WEBHOOK_ALLOW_HTTP: 'false'
+  WEBHOOK_ALLOW_PRIVATE_NETWORKS: 'false'
+  WEBHOOK_RETRY_DELAYS_SECONDS: '60,300,900,1800,3600'
+  WEBHOOK_TIMEOUT_SECONDS: '10'
   // Postgres.
   POSTGRES_HOST: postgresHost
   POSTGRES_PORT: postgresPgBouncer ? '6432' : '5432'
@@ -96,6 +105,8 @@ var appSettings = {
   POSTGRES_PASSWORD_SECRET_NAME: postgresAuth == 'password' ? postgresPasswordSecretName : ''
   POSTGRES_PGBOUNCER: postgresPgBouncer ? 'true' : 'false'
   POSTGRES_SCHEMA: postgresSchema
+  // Schema stage_vector loads tables into by default (PostGIS is created on first use; allow-listed on the server).
+  VECTOR_SCHEMA: 'geodata'
   // Connection budget: DB_POOL_MAX_SIZE x APP_MAX_INSTANCES <= POSTGRES_MAX_CONNECTIONS - POSTGRES_RESERVED_CONNECTIONS.
   POSTGRES_MAX_CONNECTIONS: string(clientConnectionLimit)
   POSTGRES_RESERVED_CONNECTIONS: string(reservedConnections)

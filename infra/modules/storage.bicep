@@ -14,6 +14,7 @@ param silverContainerName string
 param jobQueueName string
 param taskQueueName string
 param highPriorityTaskQueueName string
+param webhookQueueName string
 
 var deploymentContainerName = 'app-package'
 var queueNames = [
@@ -23,6 +24,8 @@ var queueNames = [
   '${taskQueueName}-poison'
   highPriorityTaskQueueName
   '${highPriorityTaskQueueName}-poison'
+  webhookQueueName
+  '${webhookQueueName}-poison'
 ]
 
 // ---------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ CREATE TABLE tasks (
     updated_at           timestamptz NOT NULL DEFAULT now(),
     started_at           timestamptz,
     completed_at         timestamptz,
-    error_category       text        CHECK (error_category IN ('permanent', 'transient', 'throttling')),
+    error_category       text        CHECK (error_category IN ('permanent', 'transient', 'throttling', 'unclassified')),
     -- Drawn anew by every claim; every outcome write of the delivery must present it (fencing).
     claim_token          uuid,
     UNIQUE (job_id, stage, task_key),
@@ -77,10 +77,10 @@ CREATE INDEX tasks_queued_updated_idx ON tasks (updated_at) WHERE status = 'queu
 CREATE INDEX tasks_completed_at_idx ON tasks (completed_at) WHERE status IN ('completed', 'failed');
 
 -- Transactional outbox: queue messages written in the same transaction as the state change
--- that requires them, published after commit, deleted once sent.
+-- that requires them, published after commit, deleted once sent. 'webhooks': webhook deliveries.
 CREATE TABLE outbox (
     message_id  bigserial   PRIMARY KEY,
-    queue       text        NOT NULL CONSTRAINT outbox_queue_check CHECK (queue IN ('jobs', 'tasks', 'tasks_high')),
+    queue       text        NOT NULL CONSTRAINT outbox_queue_check CHECK (queue IN ('jobs', 'tasks', 'tasks_high', 'webhooks')),
     body        jsonb       NOT NULL,
     job_id      text        REFERENCES jobs (job_id) ON DELETE CASCADE,
     visible_at  timestamptz NOT NULL DEFAULT now(),
@@ -185,3 +185,54 @@ CREATE TABLE rate_limits (
     updated_at  timestamptz      NOT NULL DEFAULT now()
 );
 CREATE INDEX rate_limits_updated_at_idx ON rate_limits (updated_at);
+
+-- Job-completion webhooks (callback_url): one subscription per job and URL; one delivery per
+-- subscription and terminal transition, attempted through the 'webhooks' queue with backoff.
+CREATE TABLE webhook_subscriptions (
+    subscription_id  bigserial   PRIMARY KEY,
+    job_id           text        NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+    url              text        NOT NULL CHECK (length(url) <= 2048),
+    -- GET /api/jobs/{id} as the submitter reached the API (the payload's status link); NULL if unknown.
+    status_url       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (job_id, url)
+);
+
+CREATE TABLE webhook_deliveries (
+    delivery_id      bigserial   PRIMARY KEY,
+    subscription_id  bigint      NOT NULL REFERENCES webhook_subscriptions (subscription_id) ON DELETE CASCADE,
+    job_id           text        NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+    -- The webhook-id header: the same for every attempt of this delivery (receivers dedupe on it).
+    webhook_id       text        NOT NULL UNIQUE,
+    event_type       text        NOT NULL,
+    payload          jsonb       NOT NULL,
+    status           text        NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'delivering', 'delivered', 'failed')),
+    attempts         integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    next_attempt_at  timestamptz,
+    -- While delivering: the attempt's claim (fencing) and when it lapses (the sender died).
+    claim_token      uuid,
+    claim_expires_at timestamptz,
+    last_error       text,
+    last_status_code integer,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    delivered_at     timestamptz
+);
+CREATE INDEX webhook_deliveries_job_id_idx ON webhook_deliveries (job_id, subscription_id, delivery_id DESC);
+CREATE INDEX webhook_deliveries_open_idx ON webhook_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'delivering');
+
+-- STAC collections written by jobs (process_raster, catalog_container): one owner each (the job
+-- type, source and output options, owner_key; readable in owner), claimed at submission;
+-- writer_job_id is the job whose outputs are there now (repositories/sql/collection_owners.sql).
+CREATE TABLE collection_owners (
+    output_container  text        NOT NULL,
+    collection_id     text        NOT NULL,
+    owner_key         text        NOT NULL,
+    owner             text        NOT NULL,
+    writer_job_id     text,
+    claimed_at        timestamptz NOT NULL DEFAULT now(),
+    written_at        timestamptz,
+    PRIMARY KEY (output_container, collection_id)
+);

@@ -1,5 +1,6 @@
 """Messages that cannot be processed: invalid bodies (recorded and removed, never looped) and
-poison-queue messages (the task or job is failed with the reason, then fan-in runs as usual)."""
+poison-queue messages (the task or job is failed with the reason, then fan-in runs as usual; a
+webhook delivery still open is failed)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
+from repositories.webhook_queries import WebhookQueries
 from schemas.jobs import OutboxMessage, TaskStatus
 from schemas.messages import JobAction, JobMessage, TaskMessage
 from services.engine.conflict_retry import retry_on_conflict
@@ -20,6 +22,7 @@ from services.engine.logging_context import job_logger
 from services.engine.outbox_relay import OutboxRelay
 from services.engine.registry import JobTypeRegistry
 from services.engine.stage_flow import after_task_finished
+from services.webhooks.events import WebhookMessage
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -144,3 +147,24 @@ class DeadLetterHandler:
             insert_dead_letter(repo, received, reason, message.job_id)
         job_logger(logger, message.job_id).error("poisoned job message reconciled: %s", reason)
         self._relay.publish(outbox)
+
+    @retry_on_conflict
+    def reconcile_poisoned_webhook(self, received: ReceivedMessage) -> None:
+        message, problem = parse_message(received, WebhookMessage)
+        if message is None:
+            self.record(received, problem or "invalid")
+            return
+        reason = (
+            f"webhook message moved to {received.queue} after repeated failed deliveries "
+            f"(poison delivery {received.dequeue_count})"
+        )
+        with self._db.transaction() as repo:
+            failed = WebhookQueries.within(repo).fail_open_delivery(message.delivery_id, reason)
+            if failed is None:
+                reason += "; the delivery was no longer open, left as is"
+            else:
+                reason += f"; delivery {message.delivery_id} of job {failed['job_id']} failed"
+            # No job_id on the letter: requeueing a dead letter with one retries that job, and a
+            # webhook's job has ended on purpose (requeueing this letter is refused instead).
+            insert_dead_letter(repo, received, reason)
+        logger.error("poisoned webhook message reconciled: %s", reason, extra={"delivery_id": message.delivery_id})

@@ -24,6 +24,7 @@ from services.engine.queue_publisher import OutgoingMessage, QueuePublisher
 from services.engine.registry import JobTypeRegistry
 from services.engine.retry_policy import RetryPolicy
 from services.engine.stage_flow import after_task_finished, close_stage
+from services.webhooks.delivery import redrive_lost_deliveries
 
 logger = logging.getLogger(__name__)
 BATCH = 200
@@ -63,6 +64,7 @@ class Janitor:
             ("lost_task_messages_resent", self.resend_lost_task_messages),
             ("stages_repaired", self.repair_stages),
             ("stalled_jobs_resumed", self.resume_stalled_jobs),
+            ("lost_webhooks_redriven", self.redrive_lost_webhooks),
             ("poison_messages_deleted", self.purge_old_poison_messages),
             ("dead_letters_deleted", self.purge_old_dead_letters),
         )
@@ -218,6 +220,11 @@ class Janitor:
         if row["stage_status"] is None:
             return queue_job_message(repo, job.job_id, job.stage, JobAction.CREATE_STAGE)
         return close_stage(repo, controller, job.job_id, job.stage)
+
+    def redrive_lost_webhooks(self) -> int:
+        """Open webhook deliveries whose message was lost (overdue by the lost-message threshold,
+        nothing owed in the outbox) get a new message; the claim keeps a duplicate from posting twice."""
+        return redrive_lost_deliveries(self._db, self._relay, self._options.requeue_queued_after_seconds, BATCH)
 
     def purge_old_poison_messages(self) -> int:
         """Delete poison-queue messages older than the retention (those no trigger reconciled)."""

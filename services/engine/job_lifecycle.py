@@ -2,7 +2,8 @@
 
 Lock order everywhere: job row → task rows → stage row (avoids deadlocks between completions,
 cancel and retry). Every path that ends a job goes through ``fail_job`` / ``complete_job`` /
-``cancel_job`` here, so dependent jobs are always released or failed.
+``cancel_job`` here, so dependent jobs are always released or failed, and the job's webhook
+subscribers are owed a delivery (``services.webhooks.events``) in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from repositories.engine_repository import EngineRepository
 from schemas.jobs import SATISFIED_DEPENDENCY_STATUSES, JobPriority, JobRecord, JobStatus, OutboxMessage
 from schemas.messages import JobAction, JobMessage, TaskMessage
 from services.engine.logging_context import job_logger
+from services.webhooks.events import schedule_deliveries
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def fail_job(
         return []
     skipped = repo.skip_queued_tasks(job_id, "skipped: job failed")
     job_logger(logger, job_id).warning("job failed: %s (skipped %d waiting tasks)", reason, skipped)
-    return settle_dependents(repo, job)
+    return schedule_deliveries(repo, job) + settle_dependents(repo, job)
 
 
 def cancel_job(repo: EngineRepository, job_id: str, reason: str) -> tuple[JobRecord | None, list[OutboxMessage]]:
@@ -64,7 +66,7 @@ def cancel_job(repo: EngineRepository, job_id: str, reason: str) -> tuple[JobRec
         return None, []
     skipped = repo.skip_queued_tasks(job_id, "skipped: job cancelled")
     job_logger(logger, job_id).warning("job cancelled (skipped %d waiting tasks)", skipped)
-    return job, settle_dependents(repo, job)
+    return job, schedule_deliveries(repo, job) + settle_dependents(repo, job)
 
 
 def complete_job(
@@ -74,7 +76,7 @@ def complete_job(
     if job is None:
         return []
     job_logger(logger, job_id).info("job %s", status)
-    return settle_dependents(repo, job)
+    return schedule_deliveries(repo, job) + settle_dependents(repo, job)
 
 
 def settle_dependents(repo: EngineRepository, finished: JobRecord) -> list[OutboxMessage]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,7 +12,7 @@ from pydantic import ValidationError
 from repositories.database import Database
 from repositories.engine_repository import EngineRepository
 from schemas.errors import DatabaseUnavailableError, PermanentTaskError
-from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters
+from schemas.jobs import JobRecord, JobStatus, NewTask, OutboxMessage, StageCounters, StageRecord
 from schemas.messages import JobAction, JobMessage
 from services.engine.conflict_retry import retry_on_conflict
 from services.engine.contract import JobController, JobOutcome, TaskSpec
@@ -21,6 +23,8 @@ from services.engine.logging_context import job_logger
 from services.engine.outbox_relay import OutboxRelay
 from services.engine.registry import JobTypeRegistry
 from services.engine.stage_flow import after_task_finished
+from services.telemetry import metrics
+from services.telemetry.spans import annotate, job_span
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +55,10 @@ class JobOrchestrator:
     @retry_on_conflict
     def process(self, message: JobMessage) -> list[OutboxMessage]:
         """Fan out the message's stage or finalize the job; returns the messages published."""
-        if message.action is JobAction.FINALIZE:
-            return self.finalize(message.job_id)
-        return self.create_stage(message.job_id, message.stage)
+        with job_span(f"job.{message.action}", {"job_id": message.job_id, "stage": message.stage}):
+            if message.action is JobAction.FINALIZE:
+                return self.finalize(message.job_id)
+            return self.create_stage(message.job_id, message.stage)
 
     # --- fan-out --------------------------------------------------------------------------------
 
@@ -65,6 +70,7 @@ class JobOrchestrator:
             if job is None:
                 log.error("job message for unknown job; dropped")
                 return []
+            annotate(job_type=job.job_type)
             if job.status.is_terminal:
                 log.info("job is %s; stage %d message dropped", job.status, stage)
                 return []
@@ -96,6 +102,8 @@ class JobOrchestrator:
             log.info("stage %d already created; %d unsent outbox messages to republish", stage, len(pending))
             return pending
         repo.mark_job_processing(job.job_id)
+        if stage > 1:
+            record_handoff(job.job_type, stage, repo.list_stages(job.job_id), stage - 1)
         # With max_parallel_tasks, only that many start now; the rest are held until others finish.
         slots = len(tasks) if job.max_parallel_tasks is None else job.max_parallel_tasks
         repo.insert_tasks(tasks, held=[i >= slots for i in range(len(tasks))])
@@ -131,10 +139,12 @@ class JobOrchestrator:
         controller = self._registry.get(job.job_type)
         if controller is None:
             return fail_job(repo, job_id, f"unknown job type {job.job_type!r}")
+        annotate(job_type=job.job_type)
         stages = repo.list_stages(job_id)
         if len(stages) != controller.total_stages or any(s.status != "completed" for s in stages):
             log.warning("finalize message before all stages completed; ignored")
             return []
+        record_handoff(job.job_type, "finalize", stages, controller.total_stages)
         outcome = collect_outcome(repo, controller, job_id)
         try:
             result = controller.finalize(controller.parse_parameters(job.parameters), outcome)
@@ -146,6 +156,13 @@ class JobOrchestrator:
         summary = error_summary(outcome)
         error = f"{summary['failed_tasks']} task(s) failed within the allowed ratio"
         return complete_job(repo, job_id, JobStatus.COMPLETED_WITH_ERRORS, {**result, "errors": summary}, error)
+
+
+def record_handoff(job_type: str, stage: int | str, stages: Sequence[StageRecord], previous: int) -> None:
+    """Stage hand-off latency: from the previous stage's closing to this fan-out (or finalize)."""
+    closed = next((s.completed_at for s in stages if s.stage == previous), None)
+    if closed is not None:
+        metrics.stage_handoff(job_type, stage, (datetime.now(UTC) - closed).total_seconds())
 
 
 def build_tasks(job_id: str, stage: int, specs: list[TaskSpec], previous_keys: set[str]) -> list[NewTask]:

@@ -24,6 +24,9 @@ from services.engine.job_progress import compute_progress
 from services.engine.logging_context import job_logger
 from services.engine.outbox_relay import OutboxRelay
 from services.engine.registry import JobTypeRegistry
+from services.webhooks.events import schedule_deliveries
+from services.webhooks.subscriptions import CallbackPolicy, subscribe, webhook_states
+from services.webhooks.urls import MAX_URL_LENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class Submission:
 
 # Keys of a submission body that are options of the job, not parameters of its type. They do not
 # change the job id: the same work submitted with another priority is the same job.
-OPTION_KEYS = ("priority", "max_parallel_tasks", "depends_on", "replace")
+OPTION_KEYS = ("priority", "max_parallel_tasks", "depends_on", "replace", "callback_url")
 
 
 class SubmissionOptions(BaseModel):
@@ -51,6 +54,15 @@ class SubmissionOptions(BaseModel):
         default=False,
         description="Run an existing job with the same id again from its first stage, even a completed one "
         "(409 while it is queued or processing). Ignored when the job is new.",
+    )
+    callback_url: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description="An https URL that gets a signed POST (Standard Webhooks: webhook-id, webhook-timestamp, "
+        "webhook-signature) when the job ends: completed, completed_with_errors, failed or cancelled. Not part "
+        "of the job id: resubmitting with another URL adds a subscriber, and a job that has ended already is "
+        "delivered at once. Its host must resolve to public addresses only.",
     )
 
 
@@ -107,20 +119,30 @@ def _cursor_timestamp(value: str) -> datetime:
 
 
 class JobService:
-    def __init__(self, db: Database, registry: JobTypeRegistry, relay: OutboxRelay, *, max_list_limit: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        registry: JobTypeRegistry,
+        relay: OutboxRelay,
+        *,
+        max_list_limit: int,
+        callbacks: CallbackPolicy | None = None,
+    ) -> None:
         self._db = db
         self._registry = registry
         self._relay = relay
         self._max_list_limit = max_list_limit
+        self._callbacks = callbacks or CallbackPolicy()
 
     # --- commands -----------------------------------------------------------------------------
 
     @retry_on_conflict
-    def submit(self, job_type: str, body: Any) -> Submission:
+    def submit(self, job_type: str, body: Any, *, api_base: str | None = None) -> Submission:
         """Validate, resolve (the job type's ``resolve_parameters``), derive the id, insert and queue
         stage 1. Resubmitting returns the existing job; resubmitting a failed or cancelled job
         restarts it (like POST …/retry); with ``replace: true`` any finished job runs again from
-        stage 1, and a queued or processing one is a 409."""
+        stage 1, and a queued or processing one is a 409. A ``callback_url`` subscribes to the job's
+        end (``api_base``, e.g. https://host/api, makes the payload's status link)."""
         controller = self._registry.get(job_type)
         if controller is None:
             known = ", ".join(c.job_type for c in self._registry.all())
@@ -136,12 +158,10 @@ class JobService:
             params = controller.parse_parameters(raw_parameters)
         except ValidationError as exc:
             details += field_errors(exc)
-        try:
-            options = SubmissionOptions.model_validate(raw_options)
-        except ValidationError as exc:
-            details += field_errors(exc)
+        options = self._parse_options(raw_options, details)
         if details:
             raise InvalidRequestError("invalid parameters", details=details)
+        assert options is not None
         params = controller.resolve_parameters(params)  # outside the transaction: may read storage
         canonical = params.model_dump(mode="json")
         job_id = job_id_for(job_type, canonical)
@@ -159,21 +179,23 @@ class JobService:
                 max_parallel_tasks=options.max_parallel_tasks,
                 depends_on=options.depends_on,
             )
+            callback, status_url = options.callback_url, f"{api_base}/jobs/{job_id}" if api_base else None
             if job is None:
-                existing = repo.get_job(job_id)
+                # Locked when subscribing: a job ending meanwhile either sees the subscription (and
+                # owes it a delivery) or has ended before this reads its status (delivered below).
+                existing = repo.lock_job(job_id) if callback else repo.get_job(job_id)
                 assert existing is not None  # the engine never deletes jobs
-                if options.replace:
-                    replaced, outbox = JobControl.rerun(repo, existing)
-                    created = Submission(replaced, created=False, restarted=True, replaced=True)
-                elif existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-                    restarted, outbox = JobControl.restart(repo, existing)
-                    created = Submission(restarted, created=False, restarted=True)
-                else:
-                    return Submission(existing, created=False)
+                subscription = subscribe(repo, job_id, callback, status_url) if callback else None
+                created, outbox = self._resubmitted(repo, existing, options.replace, subscription)
             else:
+                if callback:  # before the first messages: a job failed at once (dependency) owes it
+                    subscribe(repo, job_id, callback, status_url)
                 outbox = self._first_messages(repo, job, options.depends_on)
                 created = Submission(job, created=True)
-        if self._relay.publish(outbox) < len(outbox):
+        sent = self._relay.publish(outbox)
+        if not (created.created or created.restarted):
+            return created  # at most a webhook delivery was owed: the janitor sends it if this send failed
+        if sent < len(outbox):
             # Saved with its message in the outbox (the janitor sends it once storage is back); the
             # caller hears now that queue storage is down, and a resubmission returns this job.
             raise ServiceUnavailableError(
@@ -183,6 +205,33 @@ class JobService:
         event = "replaced" if created.replaced else "restarted" if created.restarted else "submitted"
         job_logger(logger, job_id).info("job %s: %s", event, job_type)
         return created
+
+    def _parse_options(self, raw: dict[str, Any], details: list[dict[str, Any]]) -> SubmissionOptions | None:
+        """The options, or None with their problems added to ``details``. A callback URL is checked
+        (form, then its host's addresses) before any state changes: resolving may take a moment."""
+        try:
+            options = SubmissionOptions.model_validate(raw)
+        except ValidationError as exc:
+            details += field_errors(exc)
+            return None
+        problem = self._callbacks.problem(options.callback_url) if options.callback_url is not None else None
+        if problem:
+            details.append({"field": "callback_url", "message": problem})
+        return options
+
+    @staticmethod
+    def _resubmitted(
+        repo: Any, existing: JobRecord, replace: bool, subscription: int | None
+    ) -> tuple[Submission, list[Any]]:
+        if replace:
+            replaced, outbox = JobControl.rerun(repo, existing)
+            return Submission(replaced, created=False, restarted=True, replaced=True), outbox
+        if existing.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            restarted, outbox = JobControl.restart(repo, existing)
+            return Submission(restarted, created=False, restarted=True), outbox
+        # The job stays as it is; a new subscriber of a job that has ended is owed its delivery now.
+        outbox = schedule_deliveries(repo, existing, subscription) if subscription else []
+        return Submission(existing, created=False), outbox
 
     @staticmethod
     def _first_messages(repo: Any, job: JobRecord, depends_on: list[str]) -> list[Any]:
@@ -212,6 +261,7 @@ class JobService:
             stages = repo.list_stages(job_id)
             counts = repo.task_counts_of_job(job_id)
             timing = repo.job_timing(job_id)
+            webhooks = webhook_states(repo, job_id, self._callbacks.max_attempts)
         controller = self._registry.get(job.job_type)
         names = (
             [s.name for s in controller.stages]
@@ -219,7 +269,7 @@ class JobService:
             else [f"stage_{i}" for i in range(1, job.total_stages + 1)]
         )
         progress = compute_progress(job, names, stages, counts, timing["first_started_at"], datetime.now(UTC))
-        return {**job_summary(job), "progress": progress, "result": job.result}
+        return {**job_summary(job), "progress": progress, "result": job.result, "webhooks": webhooks}
 
     def list_jobs(
         self, *, status: str | None, job_type: str | None, limit: int | None, cursor: str | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,8 @@ from services.engine.outbox_relay import OutboxRelay
 from services.engine.registry import JobTypeRegistry
 from services.engine.retry_policy import RetryPolicy
 from services.engine.stage_flow import after_task_finished
+from services.telemetry import metrics
+from services.telemetry.spans import annotate, job_span, mark_failed
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +112,8 @@ class TaskRunner:
         delivery (or the janitor's expired-lease sweep) runs the task again.
         """
         log = job_logger(logger, message.job_id, message.task_id)
-        return self._handle(message, f"inline-{uuid.uuid4().hex}", 1, log, inline=True)
+        with job_span("run_inline_task", {"job_id": message.job_id, "task_id": message.task_id}):
+            return self._handle(message, f"inline-{uuid.uuid4().hex}", 1, log, inline=True)
 
     def _handle(
         self,
@@ -134,6 +138,7 @@ class TaskRunner:
                     state["lease_live"],
                 )
             return []
+        annotate(job_type=claimed.job_type, stage=claimed.task.stage, attempt=claimed.task.attempts)
         log.info("task claimed (attempt %d, delivery %d)", claimed.task.attempts, delivery)
         try:
             outbox = self._run_and_record(claimed, log)
@@ -181,12 +186,34 @@ class TaskRunner:
             predecessor_result=claimed.predecessor_result,
             logger=log,
         )
-        try:
-            with self._leases.kept(task.task_id, task.claim_token):
-                result = controller.stage(task.stage).handler(context)
-        except Exception as exc:
-            return self._after_failure(claimed, classify(exc), self.retry_policy(controller), params, log)
-        problem = result_problem(result)
+        stage = controller.stage(task.stage)
+        attributes = {
+            "job_id": task.job_id,
+            "job_type": claimed.job_type,
+            "task_id": task.task_id,
+            "task_key": task.task_key,
+            "stage": task.stage,
+            "stage_name": stage.name,
+            "attempt": task.attempts,
+        }
+        started = time.monotonic()
+        error: ClassifiedError | None = None
+        problem: str | None = None
+        with job_span(f"{claimed.job_type}.{stage.name}", attributes):  # the handler's span
+            try:
+                with self._leases.kept(task.task_id, task.claim_token):
+                    result = stage.handler(context)
+            except Exception as exc:
+                error = classify(exc, log)
+                mark_failed(str(error.category), error.message, exc)
+            else:
+                problem = result_problem(result)
+                if problem:
+                    mark_failed("permanent", problem)
+        outcome = "completed" if error is None and problem is None else "failed"
+        metrics.task_duration(claimed.job_type, task.stage, outcome, time.monotonic() - started)
+        if error is not None:
+            return self._after_failure(claimed, error, self.retry_policy(controller), params, log)
         if problem:
             log.error("task failed: %s", problem)
             return self._finish(claimed, TaskStatus.FAILED, None, problem, "permanent", params)
@@ -208,13 +235,27 @@ class TaskRunner:
             return self._hand_back(claimed, delay)
         if not policy.should_retry(error, attempts):
             why = "permanent error" if error.category is ErrorCategory.PERMANENT else f"{attempts} attempts"
-            log.warning("task failed (%s, %s): %s", why, error.category, error.message)
+            log.warning(
+                "task failed (%s, %s): %s",
+                why,
+                error.category,
+                error.message,
+                extra={"error_category": str(error.category)},
+            )
             return self._finish(claimed, TaskStatus.FAILED, None, error.message, str(error.category), params)
         delay = policy.delay_seconds(error, attempts)
         log.warning(
-            "task attempt %d failed (%s), retrying in %.1fs: %s", attempts, error.category, delay, error.message
+            "task attempt %d failed (%s), retrying in %.1fs: %s",
+            attempts,
+            error.category,
+            delay,
+            error.message,
+            extra={"error_category": str(error.category)},
         )
-        return self._release_for_retry(claimed, error, delay)
+        outbox = self._release_for_retry(claimed, error, delay)
+        if outbox:
+            metrics.task_retried(claimed.job_type, claimed.task.stage, str(error.category))
+        return outbox
 
     @_record_retry
     def _release_for_retry(self, claimed: ClaimedTask, error: ClassifiedError, delay: float) -> list[OutboxMessage]:
@@ -235,7 +276,7 @@ class TaskRunner:
                 return []
             if job.status is not JobStatus.PROCESSING:
                 reason = f"not retried: the job is {job.status}"
-                return self._record(repo, claimed, job, TaskStatus.SKIPPED, None, reason, None, None)
+                return self._record(repo, claimed, job, TaskStatus.SKIPPED, None, reason, None, None)[0]
             if error is None:
                 requeued = token is not None and repo.hand_back_task(task.task_id, token)
             else:
@@ -265,7 +306,10 @@ class TaskRunner:
                 job = repo.lock_job(claimed.task.job_id)  # lock order: job → task → stage
                 if job is None:
                     return []
-                return self._record(repo, claimed, job, status, result, error, category, params)
+                outbox, recorded = self._record(repo, claimed, job, status, result, error, category, params)
+            if recorded:  # committed: counted once
+                metrics.task_finished(claimed.job_type, claimed.task.stage, str(status), category)
+            return outbox
         except RepositoryDataError as exc:
             if status is not TaskStatus.COMPLETED:
                 raise
@@ -283,24 +327,25 @@ class TaskRunner:
         error: str | None,
         category: str | None,
         params: Any,
-    ) -> list[OutboxMessage]:
+    ) -> tuple[list[OutboxMessage], bool]:
+        """The messages to publish, and whether this call recorded the outcome."""
         task = claimed.task
         counters = repo.finish_task(task.task_id, status, result, error, task.claim_token)
         if counters is None:
-            return []
+            return [], False
         if not counters.changed:
             job_logger(logger, task.job_id, task.task_id).warning(
                 "outcome %s not recorded: this delivery no longer holds the task's claim", status
             )
-            return []
+            return [], False
         if category:
             repo.set_task_error_category(task.task_id, category)
         controller = self._registry.get(claimed.job_type)
         if controller is None:
-            return []
+            return [], True
         if params is None:
             try:
                 params = controller.parse_parameters(claimed.job_parameters)
             except ValueError:
-                return fail_job(repo, task.job_id, "stored job parameters no longer validate")
-        return after_task_finished(repo, controller, params, counters, job)
+                return fail_job(repo, task.job_id, "stored job parameters no longer validate"), True
+        return after_task_finished(repo, controller, params, counters, job), True

@@ -47,11 +47,15 @@ class OperationsOptions:
     job_queue: str
     task_queue: str
     high_priority_task_queue: str
+    webhook_queue: str | None = None
 
     @property
     def roles(self) -> dict[str, str]:
-        """Queue name → logical role ("jobs", "tasks", "tasks_high"), as the outbox names them."""
-        return {self.job_queue: "jobs", self.task_queue: "tasks", self.high_priority_task_queue: "tasks_high"}
+        """Queue name → logical role ("jobs", "tasks", "tasks_high", "webhooks"), as the outbox names them."""
+        roles = {self.job_queue: "jobs", self.task_queue: "tasks", self.high_priority_task_queue: "tasks_high"}
+        if self.webhook_queue:
+            roles[self.webhook_queue] = "webhooks"
+        return roles
 
     @property
     def poison_queues(self) -> tuple[str, ...]:
@@ -205,6 +209,11 @@ class Operations:
         role = self._options.roles.get(source)
         if role is None:
             raise ConflictError(f"cannot requeue: its queue {letter['queue']} is not one of this app's queues")
+        if role == "webhooks":
+            raise ConflictError(
+                "cannot requeue a webhook message: its delivery is recorded as failed; resubmit the job with "
+                "its callback_url to be notified again"
+            )
         model: type[BaseModel] = JobMessage if role == "jobs" else TaskMessage
         received = ReceivedMessage(str(letter["queue"]), str(letter["body"]).encode("utf-8"), None, None)
         message, problem = parse_message(received, model)

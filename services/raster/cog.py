@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.env import set_gdal_config
 from rasterio.io import DatasetReader
 from rasterio.shutil import copy as gdal_copy
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_validate
 
@@ -147,6 +149,8 @@ def stage_window(
     crs: CRS,
     nodata_as_mask: bool = False,
     strip_rows: int = COG_BLOCK_SIZE,
+    pixels: DatasetReader | WarpedVRT | None = None,
+    mask_band: int | None = None,
 ) -> None:
     """Copy ``window`` of ``source`` to an uncompressed tiled GeoTIFF at ``destination``, strip by strip.
 
@@ -154,7 +158,12 @@ def stage_window(
     mask, colour interpretation, colour table, band descriptions, scales, offsets, units and the
     dataset tags (TIFF DateTime among them). With ``nodata_as_mask`` (lossy compressions) a nodata
     value is written as an internal mask instead, since lossy codecs do not keep exact values.
+
+    ``pixels`` (services/raster/warp.py: the source warped onto its target grid) supplies the
+    window's pixels, mask and transform instead of ``source``, which still supplies the bands'
+    description; its band ``mask_band`` (an alpha band the warp added) becomes the internal mask.
     """
+    reader = source if pixels is None else pixels
     source_window = Window(window.col_off, window.row_off, window.width, window.height)
     profile = {
         "driver": "GTiff",
@@ -163,7 +172,7 @@ def stage_window(
         "count": source.count,
         "dtype": source.dtypes[0],
         "crs": crs,
-        "transform": source.window_transform(source_window),
+        "transform": reader.window_transform(source_window),
         "nodata": None if nodata_as_mask else source.nodata,
         "tiled": True,
         "blockxsize": COG_BLOCK_SIZE,
@@ -171,7 +180,7 @@ def stage_window(
         "interleave": "pixel",
         "bigtiff": "IF_SAFER",
     }
-    copy_mask = (nodata_as_mask and source.nodata is not None) or (source.nodata is None and has_dataset_mask(source))
+    copy_mask = (nodata_as_mask and source.nodata is not None) or (source.nodata is None and has_dataset_mask(reader))
     with rasterio.open(destination, "w", **profile) as staged:
         staged.colorinterp = source.colorinterp
         if source.colorinterp[0] is ColorInterp.palette:
@@ -191,9 +200,12 @@ def stage_window(
             rows = min(strip_rows, window.height - row)
             read_window = Window(window.col_off, window.row_off + row, window.width, rows)
             write_window = Window(0, row, window.width, rows)
-            staged.write(source.read(window=read_window), window=write_window)
-            if copy_mask:
-                staged.write_mask(source.dataset_mask(window=read_window), window=write_window)
+            staged.write(reader.read(source.indexes, window=read_window), window=write_window)
+            if mask_band is not None:
+                alpha = reader.read(mask_band, window=read_window)
+                staged.write_mask(np.where(alpha > 0, 255, 0).astype("uint8"), window=write_window)
+            elif copy_mask:
+                staged.write_mask(reader.dataset_mask(window=read_window), window=write_window)
 
 
 def write_cog(staged: Path, destination: Path, options: CogOptions, *, dtype: str) -> None:
@@ -202,7 +214,24 @@ def write_cog(staged: Path, destination: Path, options: CogOptions, *, dtype: st
         gdal_copy(str(staged), str(destination), driver="COG", **cog_creation_options(options, dtype))
 
 
+NOT_TILED = "The file is greater than 512xH or 512xW, but is not tiled"
+
+
 def cog_problems(path: Path) -> list[str]:
-    """rio-cogeo's validation errors for ``path``; empty when it is a valid COG."""
+    """rio-cogeo's validation errors for ``path``; empty when it is a valid COG.
+
+    rio-cogeo takes a block as wide as the file for strips, so a file exactly one 512-px block wide
+    and taller than that would be "not tiled"; GDAL's COG driver (LAYOUT=COG) always writes tiles, so
+    that one is dropped for such a file (web-optimized grids are whole 256-px tiles: 512 wide happens).
+    """
     valid, errors, _warnings = cog_validate(str(path), quiet=True)
-    return [] if valid else (errors or ["not a valid COG"])
+    if valid:
+        return []
+    errors = errors or ["not a valid COG"]
+    if NOT_TILED in errors:
+        with rasterio.open(path) as written:
+            rows, cols = written.block_shapes[0]
+            layout = written.tags(ns="IMAGE_STRUCTURE").get("LAYOUT")
+            if rows == cols == written.width == COG_BLOCK_SIZE and layout == "COG":
+                errors = [error for error in errors if error != NOT_TILED]
+    return errors

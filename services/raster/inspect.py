@@ -30,6 +30,9 @@ MAX_UNCOMPRESSED_BYTES = 1024**4  # 1 TiB
 TIFF_DATETIME_FORMAT = "%Y:%m:%d %H:%M:%S"
 
 DataKind = Literal["categorical", "continuous"]
+# How a raster's pixels are placed: a north-up (or south-up) geotransform, a rotated or sheared one,
+# ground control points only, or RPCs only (the last three need warping: services/raster/warp.py).
+Georeferencing = Literal["geotransform", "rotated", "gcps", "rpcs"]
 NodataValue = float | str | None  # NaN and infinities as "nan", "inf", "-inf" (as STAC raster:bands)
 
 
@@ -71,6 +74,9 @@ class RasterMetadata:
     compression: str | None
     acquired_at: str | None  # the TIFF DateTime tag as ISO 8601 (taken as UTC), if any
     bands: tuple[BandMetadata, ...] = field(default_factory=tuple)
+    # Set when the record describes the source warped onto a target grid (services/raster/warp.py):
+    # reason, georeferencing, source_crs_wkt, resampling, adds_mask, scale. The grid is this record's own.
+    warp: dict[str, Any] | None = None
 
     @property
     def affine(self) -> Affine:
@@ -102,6 +108,26 @@ class RasterMetadata:
         for name in ("transform", "bounds", "bbox_wgs84", "block_shape"):
             values[name] = tuple(values[name])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class TargetGrid:
+    """A north-up grid a source is warped onto."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return grid_bounds(self.transform, self.width, self.height)
+
+
+def grid_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    """left, bottom, right, top of a grid (any sign of pixel size)."""
+    xs, ys = zip(*(transform @ corner for corner in ((0, 0), (width, 0), (0, height), (width, height))), strict=True)
+    return (min(xs), min(ys), max(xs), max(ys))
 
 
 def encode_nodata(value: float | None) -> NodataValue:
@@ -155,28 +181,38 @@ def resolve_crs(
         raise UnsupportedRasterError(f"assume_crs: {exc}") from exc
 
 
-def check_geotransform(dataset: DatasetReader) -> Affine:
-    """The dataset's affine transform, if it is a usable one (north-up or south-up, not rotated)."""
+def georeferencing(dataset: DatasetReader) -> Georeferencing:
+    """How the dataset's pixels are placed; raises when they are not placed at all."""
     transform = dataset.transform
     if transform.is_identity:
         if dataset.gcps[0]:
-            raise UnsupportedRasterError("the raster is georeferenced by ground control points only; warp it first")
+            return "gcps"
         if dataset.rpcs is not None:
-            raise UnsupportedRasterError(RPC_ONLY)
+            return "rpcs"
         raise UnsupportedRasterError("the raster has no geotransform (no georeferencing)")
     if transform.b != 0 or transform.d != 0:
-        raise UnsupportedRasterError(
-            "the raster has a rotated or sheared geotransform; warp it to a north-up grid first"
-        )
+        return "rotated"
     if transform.a == 0 or transform.e == 0:
         raise UnsupportedRasterError("the raster's geotransform has a zero pixel size")
-    return transform
+    return "geotransform"
 
 
-RPC_ONLY = (
-    "the raster is georeferenced by RPCs only (rational polynomial coefficients, no geotransform): "
-    "it must be warped (orthorectified) to a map grid first, which geoetl does not do yet"
-)
+NEEDS_WARP: dict[Georeferencing, str] = {
+    "rotated": "the raster has a rotated or sheared geotransform; it must be warped to a north-up grid",
+    "gcps": "the raster is georeferenced by ground control points only; it must be warped to a map grid",
+    "rpcs": "the raster is georeferenced by RPCs only (rational polynomial coefficients, no geotransform): "
+    "it must be warped (orthorectified) to a map grid",
+}
+RPC_ONLY = NEEDS_WARP["rpcs"]
+
+
+def check_geotransform(dataset: DatasetReader) -> Affine:
+    """The dataset's affine transform, if it is a usable one (north-up or south-up, not rotated); a
+    raster that needs warping is refused (services/raster/warp.py warps it unless warp is "never")."""
+    kind = georeferencing(dataset)
+    if kind != "geotransform":
+        raise UnsupportedRasterError(NEEDS_WARP[kind])
+    return dataset.transform
 
 
 def unusable_crs_reason(dataset: DatasetReader) -> str | None:
@@ -226,9 +262,20 @@ def has_dataset_mask(dataset: DatasetReader) -> bool:
     return MaskFlags.per_dataset in dataset.mask_flag_enums[0] and MaskFlags.alpha not in dataset.mask_flag_enums[0]
 
 
-def inspect_dataset(dataset: DatasetReader, *, assume_crs: str | None = None) -> RasterMetadata:
-    """The metadata record of an open dataset; raises UnsupportedRasterError when it cannot be converted."""
+def inspect_dataset(
+    dataset: DatasetReader, *, assume_crs: str | None = None, grid: TargetGrid | None = None
+) -> RasterMetadata:
+    """The metadata record of an open dataset; raises UnsupportedRasterError when it cannot be converted.
+
+    With ``grid`` the record describes the dataset warped onto that grid (CRS, transform, size,
+    bounds, footprint), its bands, types and tags still the dataset's."""
     check_size_and_type(dataset)
+    if grid is not None:
+        try:
+            footprint, bbox = footprint_wgs84(grid.crs, grid.transform, grid.width, grid.height)
+        except FootprintError as exc:
+            raise UnsupportedRasterError(f"has no WGS 84 footprint: {exc}") from exc
+        return _record(dataset, grid, False, footprint, bbox)
     transform = check_geotransform(dataset)
     file_crs = dataset.crs if dataset.crs is not None and dataset.crs.to_wkt() else None
     # Why GDAL gave no CRS matters only when nothing replaces it (it costs a second open).
@@ -248,8 +295,18 @@ def inspect_dataset(dataset: DatasetReader, *, assume_crs: str | None = None) ->
             raise UnsupportedRasterError(f"has no WGS 84 footprint: {again}") from again
     except FootprintError as exc:
         raise UnsupportedRasterError(f"has no WGS 84 footprint: {exc}") from exc
+    return _record(dataset, TargetGrid(crs, transform, dataset.width, dataset.height), assumed, footprint, bbox)
+
+
+def _record(
+    dataset: DatasetReader,
+    grid: TargetGrid,
+    assumed: bool,
+    footprint: dict[str, Any],
+    bbox: tuple[float, float, float, float],
+) -> RasterMetadata:
+    crs, transform = grid.crs, grid.transform
     colormap = colormap_of(dataset)
-    left, bottom, right, top = dataset.bounds
     bands = tuple(
         BandMetadata(
             index=index,
@@ -263,15 +320,15 @@ def inspect_dataset(dataset: DatasetReader, *, assume_crs: str | None = None) ->
     )
     return RasterMetadata(
         driver=dataset.driver,
-        width=dataset.width,
-        height=dataset.height,
+        width=grid.width,
+        height=grid.height,
         count=dataset.count,
         dtype=dataset.dtypes[0],
         crs_wkt=crs.to_wkt(),
         crs_code=crs_code(crs),
         crs_assumed=assumed,
         transform=(transform.a, transform.b, transform.c, transform.d, transform.e, transform.f),
-        bounds=(min(left, right), min(bottom, top), max(left, right), max(bottom, top)),
+        bounds=grid.bounds,
         bbox_wgs84=bbox,
         footprint_wgs84=footprint,
         nodata=encode_nodata(dataset.nodata),

@@ -5,6 +5,7 @@ controllers/process_raster.py wires them into stages.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pystac
@@ -41,6 +42,7 @@ from services.raster.inspect import RasterMetadata, UnsupportedRasterError, insp
 from services.raster.memory import release_free_memory, track_peak_rss
 from services.raster.tiling import TileWindow
 from services.raster.vrt import VRT_MEDIA_TYPE, MosaicTile, mosaic_vrt
+from services.raster.warp import DEFAULT_WARP_OPTIONS, WarpOptions, inspect_source, staging_pixels
 from services.stac.builder import AssetFile, build_collection, build_item, write_self_contained
 
 MOSAIC_NAME = "mosaic.vrt"
@@ -75,13 +77,41 @@ class BlobRef:
         return {"container": self.container, "blob": self.blob}
 
 
-def output_prefix(source_blob: str) -> str:
-    """``cogs/{source path without extension}``: where a source's tiles (and mosaic) go."""
-    return f"cogs/{PurePosixPath(source_blob).with_suffix('')}"
+OUTPUTS_ROOT = "cogs"
+MAX_OUTPUT_PREFIX_CHARS = 900  # Azure allows 1024 characters per blob name; leave room for the tile names
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 
-def tile_blob(source_blob: str, tile_key: str) -> str:
-    return f"{output_prefix(source_blob)}/{tile_key}.tif"
+def escape_blob_path(name: str) -> str:
+    """``name`` with every character outside ``A-Z a-z 0-9 - _ .`` (and a '.' that ends a path
+    segment) written as ``~`` and two hex digits per UTF-8 byte; '/' stays. Injective ('~' is always
+    escaped itself), and the result needs no percent-encoding in a URL or a relative STAC href."""
+    out: list[str] = []
+    for i, char in enumerate(name):
+        ends_segment = i + 1 == len(name) or name[i + 1] == "/"
+        if char == "/" or (char in _PLAIN and not (char == "." and ends_segment)):
+            out.append(char)
+        else:
+            out.extend(f"~{byte:02x}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
+
+
+def output_prefix(source_blob: str, output_key: str | None = None) -> str:
+    """Where a source's tiles (and mosaic) go: ``cogs/{escaped source path, extension kept}``, plus
+    ``@{output_key}`` (the hash of non-default output options and an explicit collection id). An
+    escaped path has no '@', so the map (source, key) → prefix is injective; a prefix that would be
+    too long keeps the start of the path and ends in ``@`` + 16 hex digits of both (a longer hash
+    than a key's, so the two forms never meet)."""
+    escaped = escape_blob_path(source_blob)
+    prefix = f"{OUTPUTS_ROOT}/{escaped}" + (f"@{output_key}" if output_key else "")
+    if len(prefix) <= MAX_OUTPUT_PREFIX_CHARS:
+        return prefix
+    digest = hashlib.sha256(f"{source_blob}\0{output_key or ''}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{OUTPUTS_ROOT}/{escaped[: MAX_OUTPUT_PREFIX_CHARS - 40]}@{digest[:16]}"
+
+
+def tile_blob(source_blob: str, tile_key: str, output_key: str | None = None) -> str:
+    return f"{output_prefix(source_blob, output_key)}/{tile_key}.tif"
 
 
 @contextmanager
@@ -106,15 +136,21 @@ def check_decodes(dataset: DatasetReader) -> None:
 
 
 def validate_source(
-    storage: BlobStorage, source: BlobRef, *, assume_crs: str | None, options: CogOptions
+    storage: BlobStorage,
+    source: BlobRef,
+    *,
+    assume_crs: str | None,
+    options: CogOptions,
+    warp: WarpOptions = DEFAULT_WARP_OPTIONS,
 ) -> dict[str, Any]:
-    """Check the source in place (headers and two blocks, by range reads) and record its metadata."""
+    """Check the source in place (headers and two blocks, by range reads) and record its metadata
+    (that of its warp onto a north-up target grid when it needs one: services/raster/warp.py)."""
     info = storage.properties(source.container, source.blob)
     if info.size == 0:
         raise UnsupportedRasterError(f"blob {source.container}/{source.blob} is empty (0 bytes)")
     path = storage.vsiaz_path(source.container, source.blob)
     with storage.gdal_env(), open_raster(path) as dataset:
-        metadata = inspect_dataset(dataset, assume_crs=assume_crs)
+        metadata = inspect_source(dataset, assume_crs=assume_crs, options=warp)
         truncated = tiff_truncation_problem(dataset, info.size)
         if truncated:
             raise UnsupportedRasterError(truncated)
@@ -163,9 +199,10 @@ def convert_tile(
                 steps("stage"),
                 storage.gdal_env(**gdal_config(options)),
                 open_raster(path) as dataset,
+                staging_pixels(dataset, metadata) as warped,
             ):
                 try:
-                    stage_window(dataset, window, staged, crs=metadata.crs, nodata_as_mask=lossy_with_nodata)
+                    stage_window(dataset, window, staged, crs=metadata.crs, nodata_as_mask=lossy_with_nodata, **warped)
                 except RasterioError as exc:
                     raise gdal_error(exc, path) from exc
             # GDAL writes the COG front to back, so its blocks are uploaded while it writes; the blob
@@ -236,10 +273,14 @@ def publish_catalog(
     *,
     output_container: str,
     collection_id: str,
+    output_key: str | None = None,
 ) -> dict[str, Any]:
-    """Write the mosaic VRT (more than one tile) and the self-contained STAC catalog; remove stale files."""
+    """Write the mosaic VRT (more than one tile) and the self-contained STAC catalog; remove stale
+    files. The tiles' folder and the catalog's belong to this collection's owner alone (output
+    paths are injective in source, options and collection), so what an earlier run of the owner
+    left there and this run did not write is this owner's own stale output."""
     tiles = sorted(tiles, key=lambda t: (t.window.row, t.window.col))
-    prefix = output_prefix(source.blob)
+    prefix = output_prefix(source.blob, output_key)
     mosaic: BlobRef | None = None
     if len(tiles) > 1:
         mosaic = BlobRef(output_container, f"{prefix}/{MOSAIC_NAME}")

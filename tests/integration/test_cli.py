@@ -197,7 +197,13 @@ def test_poison_list_and_requeue(host: RunningHost, cli_settings: Settings) -> N
     listing = geoetl_json(host, "poison", "list")
     assert letter_id in {d["id"] for d in listing["dead_letters"]}
     assert {q["queue"] for q in listing["poison_queues"]} == {
-        f"{q}-poison" for q in (cli_settings.job_queue, cli_settings.task_queue, cli_settings.high_priority_task_queue)
+        f"{q}-poison"
+        for q in (
+            cli_settings.job_queue,
+            cli_settings.task_queue,
+            cli_settings.high_priority_task_queue,
+            cli_settings.webhook_queue,
+        )
     }
     done = geoetl(host, "poison", "list")
     assert done.returncode == 0 and str(letter_id) in done.stdout and "open" in done.stdout
@@ -212,12 +218,12 @@ def test_poison_list_and_requeue(host: RunningHost, cli_settings: Settings) -> N
     assert done.returncode == 2, "ids or --all"
     result = geoetl_json(host, "poison", "requeue", "--all")
     assert letter_id not in {r["id"] for r in result["requeued"]}, "only open dead letters"
-    assert len(result["poison_queues"]) == 3
+    assert len(result["poison_queues"]) == 4  # jobs, tasks, tasks_high, webhooks
     listing = geoetl_json(host, "poison", "list", "--status", "requeued")
     assert letter_id in {d["id"] for d in listing["dead_letters"]}
 
     purged = geoetl_json(host, "poison", "purge", "--yes")
-    assert len(purged["poison_queues"]) == 3 and all(p["deleted"] >= 0 for p in purged["poison_queues"])
+    assert len(purged["poison_queues"]) == 4 and all(p["deleted"] >= 0 for p in purged["poison_queues"])
     done = geoetl(host, "poison", "purge", str(letter_id), "--no-live", "--yes")
     assert done.returncode == 0 and f"dead letter {letter_id}: deleted" in done.stdout
 

@@ -210,7 +210,7 @@ def test_a_raster_jobs_outputs_are_listed_with_links(page: Page, host: RunningHo
     page.goto(f"{host.base_url}/dashboard?code={KEY}#/jobs/{job_id}")
     expect(page.locator("#job-summary")).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
     outputs = page.locator("#job-outputs a.output-link")
-    cog = "cogs/samples/terrain/tile_r0_c0.tif"
+    cog = "cogs/samples/terrain.tif/tile_r0_c0.tif"
     expect(outputs.filter(has_text=cog)).to_have_count(1)
     collection = f"stac/{collection_id_for(parameters['blob_name'])}/collection.json"
     expect(outputs.filter(has_text=collection)).to_have_count(1)
@@ -265,7 +265,10 @@ def test_dead_letters_are_requeued_and_deleted_from_the_page(
 
 def test_operations_overview_and_screenshot(page: Page, host: RunningHost, settings: Settings) -> None:
     queues = page.locator("#queues tbody tr")
-    expect(queues).to_have_count(6)
+    expect(queues).to_have_count(8)  # jobs, tasks, tasks_high, webhooks and their poison queues
+    expect(page.locator(f'#queues tr[data-queue="{settings.webhook_queue}-poison"]')).to_contain_text(
+        "webhooks (poison)"
+    )
     expect(page.locator(f'#queues tr[data-queue="{settings.task_queue}-poison"]')).to_contain_text("tasks (poison)")
     chart = page.locator("#throughput-chart")
     expect(chart.locator("svg rect.bar-completed").first).to_be_attached(timeout=WAIT_MS)

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from controllers.hello_world import HelloWorldController
 from devstack.postgres import PostgresDatabase
-from schemas.errors import ConflictError, InstanceBusyError, InvalidRequestError
+from schemas.errors import ConflictError, InstanceBusyError, InvalidRequestError, TransientTaskError
 from schemas.messages import JobAction, JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
@@ -42,7 +42,7 @@ class FlakyParams(BaseModel):
 
 def flaky_work(ctx: TaskContext[Any]) -> dict[str, Any]:
     if FLAKY["failing"] and ctx.task_key == "k1":
-        raise RuntimeError("upstream not ready")
+        raise TransientTaskError("upstream not ready")
     return {"key": ctx.task_key}
 
 

@@ -36,7 +36,14 @@ pytestmark = pytest.mark.integration
 set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "geoetl-hypothesis")
 
 Handler = Callable[[func.HttpRequest], func.HttpResponse]
-JOB_TYPES = ("hello_world", "process_raster", "inventory_container", "catalog_container", "extract_metadata")
+JOB_TYPES = (
+    "hello_world",
+    "process_raster",
+    "inventory_container",
+    "catalog_container",
+    "extract_metadata",
+    "stage_vector",
+)
 BAD_TEXT = ("\x00", "a\x00b", "\ud800", "x\udfff", "\x01", "\u202e", "é", "'; --", "%00", "9" * 30)
 
 
@@ -279,6 +286,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "inventory_container": {},
     "catalog_container": {},
     "extract_metadata": {"prefix": "a/"},
+    "stage_vector": {"blob_name": "a.gpkg"},
 }
 
 

@@ -102,6 +102,8 @@ def test_queues_lists_every_queue_and_its_poison_queue(host: RunningHost, host_s
         f"{s.task_queue}-poison": ("tasks", True),
         s.high_priority_task_queue: ("tasks_high", False),
         f"{s.high_priority_task_queue}-poison": ("tasks_high", True),
+        s.webhook_queue: ("webhooks", False),
+        f"{s.webhook_queue}-poison": ("webhooks", True),
     }
     assert set(by_name) == set(expected)
     for name, (role, poison) in expected.items():

@@ -145,7 +145,7 @@ def test_a_large_source_is_tiled_with_a_mosaic_vrt(
 ) -> None:
     source, status = converted["large_for_tiling"]
     outputs = status["result"]["outputs"]
-    prefix = f"cogs/it-{run_id}/large_for_tiling"
+    prefix = f"cogs/it-{run_id}/large_for_tiling.tif"  # the source path, extension kept
     assert [c["blob"] for c in outputs["cogs"]] == [f"{prefix}/tile_r{r}_c{c}.tif" for r in (0, 1) for c in (0, 1)]
     assert outputs["mosaic_vrt"] == {"container": "silver", "blob": f"{prefix}/mosaic.vrt"}
     with (
@@ -193,7 +193,11 @@ BAD_SOURCES: dict[str, tuple[Callable[[Path], Path] | None, dict[str, Any], str]
     "not_a_raster": (rasters.not_a_raster, {}, "cannot be read as a GeoTIFF"),
     "missing": (None, {}, "not found"),
     "no_crs": (rasters.no_crs, {}, "has no CRS; pass assume_crs"),
-    "rotated": (rasters.rotated, {}, "rotated or sheared geotransform"),
+    "rotated": (
+        rasters.rotated,
+        {"warp": "never"},
+        'rotated or sheared geotransform; it must be warped to a north-up grid, and warp is "never"',
+    ),
     "jpeg_float": (rasters.float32_nodata_nan, {"compression": "jpeg"}, "compression 'jpeg' needs uint8 data"),
     "non_earth": (rasters.non_earth, {}, "(Mars (2015) - Sphere / Ocentric) cannot be transformed to WGS 84"),
     "off_earth": (rasters.off_earth, {}, "outline lies off the Earth"),
@@ -243,21 +247,31 @@ def test_assume_crs_converts_a_raster_without_one(
     assert item["properties"]["datetime"] == "2020-02-02T02:02:02Z"
 
 
-def test_a_rerun_with_another_tiling_overwrites_and_removes_stale_tiles(
+def test_a_replaced_source_overwrites_removes_stale_tiles_and_supersedes_the_older_job(
     container: ServiceContainer, storage: BlobStorage, run_id: str, tmp_path: Path
 ) -> None:
     blob = f"it-{run_id}/rerun.tif"
     storage.upload_file("bronze", blob, rasters.large_for_tiling(tmp_path / "src.tif"), content_type="image/tiff")
     [first] = run_jobs(container, [{"blob_name": blob, "tile_size": 512}])
     assert first["status"] == "completed" and first["result"]["tiles"] == 9
-    second = run_jobs(container, [{"blob_name": blob, "tile_size": 1024, "compression": "zstd"}])[0]
+    assert first["result"]["supersedes"] is None
+    smaller = rasters.large_for_tiling(tmp_path / "smaller.tif", width=1000, height=1000)
+    storage.upload_file("bronze", blob, smaller, content_type="image/tiff")  # new etag: a new job, same outputs
+    [second] = run_jobs(container, [{"blob_name": blob, "tile_size": 512}])
+    assert second["job_id"] != first["job_id"]
     assert second["status"] == "completed" and second["result"]["tiles"] == 4
-    left = sorted(b.name for b in storage.list_blobs("silver", f"cogs/it-{run_id}/rerun/"))
-    assert left == sorted(
-        [c["blob"] for c in second["result"]["outputs"]["cogs"]] + [f"cogs/it-{run_id}/rerun/mosaic.vrt"]
-    )
-    items = [b.name for b in storage.list_blobs("silver", f"stac/{collection_id_for(blob)}/")]
+    prefix = posixpath.dirname(second["result"]["outputs"]["cogs"][0]["blob"])
+    assert prefix == posixpath.dirname(first["result"]["outputs"]["cogs"][0]["blob"])
+    left = sorted(b.name for b in storage.list_blobs("silver", f"{prefix}/"))
+    assert left == sorted([c["blob"] for c in second["result"]["outputs"]["cogs"]] + [f"{prefix}/mosaic.vrt"])
+    collection_dir = posixpath.dirname(second["result"]["outputs"]["stac_collection"]["blob"])
+    items = [b.name for b in storage.list_blobs("silver", f"{collection_dir}/")]
     assert len(items) == 1 + 4
+    # The older job no longer claims outputs that were rewritten: its result says by whom.
+    older = container.job_service.job_status(first["job_id"])
+    assert older["status"] == "completed" and older["result"]["superseded_by"] == second["job_id"]
+    assert older["result"]["superseded_at"]
+    assert second["result"]["supersedes"] == first["job_id"] and "superseded_by" not in second["result"]
 
 
 def test_converting_a_tile_twice_writes_the_same_blob(storage: BlobStorage, run_id: str, tmp_path: Path) -> None:
@@ -302,7 +316,7 @@ def test_the_devstack_demo_raster_converts(container: ServiceContainer, settings
     parameters = upload_demo_raster(settings.storage_connection_string.get_secret_value(), size=600)
     [status] = run_jobs(container, [parameters])
     assert status["status"] == "completed", status["error"]
-    assert status["result"]["outputs"]["cogs"][0]["blob"] == "cogs/samples/terrain/tile_r0_c0.tif"
+    assert status["result"]["outputs"]["cogs"][0]["blob"] == "cogs/samples/terrain.tif/tile_r0_c0.tif"
     collection_id = collection_id_for(parameters["blob_name"])
     assert status["result"]["outputs"]["stac_collection"]["blob"] == f"stac/{collection_id}/collection.json"
 

@@ -31,6 +31,7 @@ from schemas.messages import JobMessage, TaskMessage
 from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.engine.registry import JobTypeRegistry
+from services.webhooks.events import WebhookMessage
 
 
 def make_settings(connection_string: str, database: PostgresDatabase, **overrides: Any) -> Settings:
@@ -46,6 +47,7 @@ def make_settings(connection_string: str, database: PostgresDatabase, **override
         "job_queue": f"jobs-{secrets.token_hex(4)}",
         "task_queue": f"tasks-{secrets.token_hex(4)}",
         "high_priority_task_queue": f"tasks-high-{secrets.token_hex(4)}",
+        "webhook_queue": f"webhooks-{secrets.token_hex(4)}",
         "db_pool_max_size": 20,
         "task_retry_base_seconds": 0.05,
         "task_retry_max_seconds": 0.2,
@@ -86,7 +88,7 @@ class QueuePump:
     concurrent_duplicates: bool = False  # ...at the same time, from two threads
     workers: int = 8
     janitor_every: float | None = None  # run the janitor sweeps like the timer trigger would
-    delivered: dict[str, int] = field(default_factory=lambda: {"jobs": 0, "tasks": 0, "tasks_high": 0})
+    delivered: dict[str, int] = field(default_factory=lambda: {"jobs": 0, "tasks": 0, "tasks_high": 0, "webhooks": 0})
 
     def __post_init__(self) -> None:
         s = self.container.settings
@@ -95,6 +97,7 @@ class QueuePump:
             "jobs": account_queue_client(account, s.job_queue),
             "tasks_high": account_queue_client(account, s.high_priority_task_queue),
             "tasks": account_queue_client(account, s.task_queue),
+            "webhooks": account_queue_client(account, s.webhook_queue),
         }
         self._pool = ThreadPoolExecutor(self.workers)
         self._copies = ThreadPoolExecutor(self.workers * 2)  # separate pool: no starvation deadlock
@@ -105,6 +108,8 @@ class QueuePump:
         # Like the triggers: through the work chain (which follows what each message released).
         if queue == "jobs":
             self.container.work_chain.on_job_message(JobMessage.model_validate_json(body))
+        elif queue == "webhooks":  # like triggers/queue_webhooks.py
+            self.container.webhook_deliverer.deliver(WebhookMessage.model_validate_json(body).delivery_id)
         else:
             task = TaskMessage.model_validate_json(body)
             self.container.work_chain.on_task_message(

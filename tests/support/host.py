@@ -35,7 +35,7 @@ def settings_environment(settings: Settings, log_level: str = "INFO") -> dict[st
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, tuple):
-            value = ",".join(value)
+            value = ",".join(str(v) for v in value)
         env[name] = str(value)
     env["LOG_LEVEL"] = log_level
     return env

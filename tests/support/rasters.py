@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.rpc import RPC
@@ -102,6 +103,19 @@ def rotated(path: Path) -> Path:
     data = terrain_strip(0, 64, 64, 64)[None, ...]
     transform = Affine(10.0, 2.0, 500_000.0, 2.0, -10.0, 6_000_000.0)
     return _write(path, data, crs=UTM_33N, transform=transform)
+
+
+def gcp_only(path: Path) -> Path:
+    """uint16, nodata 0, placed by four ground control points in UTM 33N only (no geotransform): an
+    affine grid turned about 11° (what a rotated geotransform would say, as GCPs)."""
+    data = (terrain_strip(0, 80, 96, 80) + 500).clip(1, None).astype("uint16")[None, ...]
+    data[0, :6, :6] = 0
+    grid = Affine(10.0, 2.0, 500_000.0, 2.0, -10.0, 6_000_000.0)
+    gcps = [
+        GroundControlPoint(row, col, *(grid @ (col, row)), id=f"{row}-{col}")
+        for row, col in ((0, 0), (0, 96), (80, 0), (80, 96))
+    ]
+    return _write(path, data, gcps=gcps, crs=UTM_33N, nodata=0)
 
 
 def corrupt(path: Path) -> Path:
@@ -204,10 +218,12 @@ def unusable_crs(path: Path, latitude_of_origin: float = 30.0, scale_factor: flo
     return path
 
 
-def rpc_only(path: Path) -> Path:
+def rpc_only(path: Path, constant: bool = True) -> Path:
     """Georeferenced by rational polynomial coefficients only (a raw satellite scene): no geotransform,
-    no CRS; the RPCs (a trivial affine model around 7°E 45°N) in the TIFF's RPC tag."""
-    data = np.full((1, 64, 64), 5, dtype="uint8")
+    no CRS; the RPCs (a trivial affine model around 7°E 45°N) in the TIFF's RPC tag. Pixels all 5, or
+    (``constant=False``) a diagonal gradient."""
+    data = np.full((1, 64, 64), 5, dtype="uint8") if constant else (np.indices((64, 64)).sum(axis=0) * 2)
+    data = data.reshape(1, 64, 64).astype("uint8")
     zeros = [0.0] * 20
     rpc = RPC(
         height_off=100.0, height_scale=500.0, lat_off=45.0, lat_scale=0.05, long_off=7.0, long_scale=0.05,

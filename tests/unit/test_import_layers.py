@@ -50,6 +50,7 @@ def test_the_engine_imports_no_job_type_domain_or_edge() -> None:
         "services.raster",
         "services.stac",
         "services.inventory",
+        "services.vector",
         "services.container",
         "services.dashboard",
         "services.cli",
@@ -57,7 +58,7 @@ def test_the_engine_imports_no_job_type_domain_or_edge() -> None:
     assert offenders(sources("services/engine"), forbidden) == []
 
 
-@pytest.mark.parametrize("domain", ["services/raster", "services/stac", "services/inventory"])
+@pytest.mark.parametrize("domain", ["services/raster", "services/stac", "services/inventory", "services/vector"])
 def test_domain_libraries_import_neither_engine_nor_job_types(domain: str) -> None:
     forbidden = ("services.engine", "controllers", "triggers", "services.container")
     assert offenders(sources(domain), forbidden) == []

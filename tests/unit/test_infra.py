@@ -54,12 +54,13 @@ NOT_SET_IN_AZURE = {
     "DATA_STORAGE__blobServiceUri": "alternative to DATA_STORAGE__accountName",
     "POSTGRES_PASSWORD": "never an app setting: an Entra token, or the Key Vault secret POSTGRES_PASSWORD_SECRET_NAME",
     "POSTGRES_ENTRA_SCOPE": "its default is the Azure public cloud scope, right for this deployment",
+    "WEBHOOK_SECRET": "never an app setting: a secret; Azure uses the Key Vault secret WEBHOOK_SECRET_NAME",
 }
 # Set on the Function App for the Functions host or the platform, not read by schemas.settings.
 HOST_SETTINGS = {
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    # read by the exporter itself (Entra ingestion); APPLICATIONINSIGHTS_CONNECTION_STRING is in Settings
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
 # Flex Consumption rejects or ignores these (functionAppConfig replaces them); secrets never go in.
@@ -484,7 +485,7 @@ def test_every_queue_the_triggers_bind_is_created(deployment: Deployment, appset
             )
             assert isinstance(parts[0], ParameterRef) and all(isinstance(part, str) for part in parts[1:]), name
             created.add((parts[0].name, "".join(str(part) for part in parts[1:])))
-    for setting in ("JOB_QUEUE", "TASK_QUEUE", "HIGH_PRIORITY_TASK_QUEUE"):
+    for setting in ("JOB_QUEUE", "TASK_QUEUE", "HIGH_PRIORITY_TASK_QUEUE", "WEBHOOK_QUEUE"):
         parameter = deployment.resolve(appsettings.module, appsettings.nodes[setting])
         assert isinstance(parameter, ParameterRef), f"{setting} should come from a main.bicep parameter"
         assert {(parameter.name, ""), (parameter.name, "-poison")} <= created, setting

@@ -1,4 +1,4 @@
-"""The OpenAPI document (GET /api/openapi.json, services/openapi.py), checked offline.
+"""The OpenAPI document (GET /api/openapi.json, services/openapi/), checked offline.
 
 function_app is imported in a fresh interpreter (as the Functions host does; no socket is opened at
 import), which reports its HTTP functions, its job types, the strict build's problems and the body
@@ -116,7 +116,9 @@ def test_an_invalid_document_is_rejected_by_the_validator(document: dict[str, An
 
 
 def test_every_http_function_of_the_app_is_documented(probe: dict[str, Any], document: dict[str, Any]) -> None:
-    assert probe["problems"] == [], "document these routes in services/openapi.py:\n" + "\n".join(probe["problems"])
+    assert probe["problems"] == [], "document these routes in services/openapi/operations.py:\n" + "\n".join(
+        probe["problems"]
+    )
     ops = operations(document)
     for route in probe["routes"]:
         if route["name"] == "submit_job":

@@ -19,7 +19,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from repositories.operations_queries import operations_queries
-from schemas.errors import InvalidRequestError, StorageUnavailableError, ThrottlingError
+from schemas.errors import ConflictError, InvalidRequestError, StorageUnavailableError, ThrottlingError
 from schemas.settings import Settings
 from services.cli import main as cli
 from services.cli import render
@@ -49,6 +49,16 @@ def operations() -> Operations:
 
 
 # --- services/operations ------------------------------------------------------------------------
+
+
+def test_the_webhook_queue_is_listed_when_configured_and_its_letters_are_not_requeued() -> None:
+    options = OperationsOptions("jobs-q", "tasks-q", "tasks-high-q", "hooks-q")
+    assert options.roles["hooks-q"] == "webhooks"
+    assert options.poison_queues[-1] == "hooks-q-poison"
+    ops = Operations(Untouchable(), Untouchable(), Untouchable(), options)  # type: ignore[arg-type]
+    letter = {"queue": "hooks-q-poison", "body": '{"delivery_id": 7}'}
+    with pytest.raises(ConflictError, match="cannot requeue a webhook message"):
+        ops._reparsed(letter)
 
 
 def test_queue_roles_and_poison_queues() -> None:

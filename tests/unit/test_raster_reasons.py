@@ -96,8 +96,8 @@ def test_an_rpc_only_raster_says_it_needs_warping(tmp_path: Path) -> None:
     assert message == RPC_ONLY
     assert message == (
         "the raster is georeferenced by RPCs only (rational polynomial coefficients, no geotransform): "
-        "it must be warped (orthorectified) to a map grid first, which geoetl does not do yet"
-    )
+        "it must be warped (orthorectified) to a map grid"
+    )  # what inspect_dataset says; process_raster warps it unless warp is "never" (services/raster/warp.py)
     assert refusal(path, assume_crs="EPSG:4326") == RPC_ONLY  # a CRS alone does not place its pixels
 
 
