@@ -32,7 +32,9 @@ for name in unresolved_key_vault_references(settings):  # App Service could not 
         name,
     )
 # Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING is set; otherwise nothing starts.
-telemetry = configure_telemetry(TelemetryOptions(settings.applicationinsights_connection_string.get_secret_value()))
+telemetry = configure_telemetry(
+    TelemetryOptions(settings.applicationinsights_connection_string.get_secret_value(), service_name=settings.site_name)
+)
 container = ServiceContainer(settings)
 if telemetry:
     observe_backlog(container.telemetry_backlog)

@@ -193,6 +193,11 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         validation_alias=_alias("APPLICATIONINSIGHTS_CONNECTION_STRING", "applicationinsights_connection_string"),
     )
+    # The telemetry's service name (Application Insights' cloud role name). Azure sets
+    # WEBSITE_SITE_NAME to the Function App's name; locally "geoetl".
+    site_name: str = Field(
+        default="geoetl", min_length=1, max_length=200, validation_alias=_alias("WEBSITE_SITE_NAME", "site_name")
+    )
 
     @field_validator("input_containers", "output_containers", "webhook_retry_delays_seconds", mode="before")
     @classmethod

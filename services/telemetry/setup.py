@@ -41,6 +41,7 @@ class TelemetryOptions:
 
     connection_string: str
     live_metrics: bool = True
+    service_name: str = "geoetl"  # the cloud role name runs are grouped by (WEBSITE_SITE_NAME on Azure)
 
     @property
     def enabled(self) -> bool:
@@ -60,6 +61,7 @@ def configure_telemetry(options: TelemetryOptions) -> bool:
             return True
         from azure.monitor.opentelemetry import configure_azure_monitor
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
         for name in _QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -67,6 +69,7 @@ def configure_telemetry(options: TelemetryOptions) -> bool:
             connection_string=options.connection_string,
             logger_name="",  # the root logger: every record of the app, with its extra fields
             enable_live_metrics=options.live_metrics,
+            resource=Resource.create({SERVICE_NAME: options.service_name}),
             instrumentation_options={name: {"enabled": False} for name in _DISABLED_INSTRUMENTATIONS},
         )
         PsycopgInstrumentor().instrument(enable_commenter=False)

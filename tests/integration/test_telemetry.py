@@ -156,6 +156,10 @@ def test_spans_logs_and_metrics_of_a_job_reach_application_insights(
     assert {str(properties(e)["attempt"]) for e in failed} == {"1", "2"}
     assert all(properties(e).get("error_category") for e in failed)
 
+    # The cloud role name is the app's (WEBSITE_SITE_NAME on Azure; "geoetl" here), not the SDK's
+    # "unknown_service".
+    assert {e["tags"].get("ai.cloud.role") for e in spans} == {"geoetl"}
+
     # Logs: correlated with the task spans, and every line about a job carries its job_id.
     operations = {e["tags"]["ai.operation.id"] for e in spans}
     wait_until(

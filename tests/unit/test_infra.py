@@ -54,6 +54,7 @@ NOT_SET_IN_AZURE = {
     "DATA_STORAGE__blobServiceUri": "alternative to DATA_STORAGE__accountName",
     "POSTGRES_PASSWORD": "never an app setting: an Entra token, or the Key Vault secret POSTGRES_PASSWORD_SECRET_NAME",
     "POSTGRES_ENTRA_SCOPE": "its default is the Azure public cloud scope, right for this deployment",
+    "WEBSITE_SITE_NAME": "set by the platform to the Function App's name",
     "WEBHOOK_SECRET": "never an app setting: a secret; Azure uses the Key Vault secret WEBHOOK_SECRET_NAME",
 }
 # Set on the Function App for the Functions host or the platform, not read by schemas.settings.
