@@ -19,6 +19,7 @@ from triggers import (
     http_log_redaction,
     http_openapi,
     http_operations,
+    http_stac,
     queue_engine,
     queue_webhooks,
 )
@@ -45,6 +46,7 @@ app.register_functions(http_containers.create_blueprint(container))
 app.register_functions(http_health.create_blueprint(container))
 app.register_functions(http_operations.create_blueprint(container))
 app.register_functions(http_dashboard.create_blueprint(container))
+app.register_functions(http_stac.create_blueprint(container))
 app.register_functions(http_openapi.create_blueprint(container, app))
 app.register_functions(queue_engine.create_blueprint(container))
 app.register_functions(queue_webhooks.create_blueprint(container))

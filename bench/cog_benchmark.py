@@ -1,6 +1,7 @@
 """process_raster's COG conversion against GDAL's COG driver on the same input, and per-task memory.
 
-    python -m bench.cog_benchmark [--size 7168] [--repeats 3] [--big-size 28672] [--no-big] [--workers 2]
+    python -m bench.cog_benchmark [--size 7168] [--repeats 3] [--big-size 28672] [--no-big] [--warp-size 8192]
+                                  [--workers 2] [--threads 2]
 
 One run, on a private stack (bench/common.py: in-memory Azurite, throwaway database, the local host
 with ``--workers`` workers and the default 1 GiB per-task budget):
@@ -15,6 +16,8 @@ with ``--workers`` workers and the default 1 GiB per-task budget):
 3. Converts a raster of at least 3 GB uncompressed (``--big-size``) and reports every task's peak
    RSS twice: as the task measured it (a sampling thread in the worker) and as this script sampled
    the worker process (/proc/<pid>/status every 50 ms) while the task ran.
+4. The same for a ``--warp-size``² raster warped to EPSG:4326 (every cog task reads a GDAL warped
+   VRT while it stages its window).
 
 Prints the figures and writes them to bench/out/cog-benchmark-<UTC>.json.
 """
@@ -142,6 +145,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             report["comparison"] = compare(args, work, stack, storage, host, options)
             if not args.no_big:
                 report["big"] = big_raster(args, work, storage, host)
+            if args.warp_size:
+                report["warped"] = warped_raster(args, work, storage, host)
     report["machine_after"] = measure.background_cpu()
     return report
 
@@ -243,20 +248,33 @@ def compare(
     }
 
 
-def big_raster(args: argparse.Namespace, work: Path, storage: BlobStorage, host: common.HostProcess) -> dict[str, Any]:
+def big_raster(
+    args: argparse.Namespace,
+    work: Path,
+    storage: BlobStorage,
+    host: common.HostProcess,
+    *,
+    size: int | None = None,
+    name: str = "big",
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Convert a ``size``² float32 raster (``--big-size``) while sampling the workers' RSS; ``extra``
+    job parameters (``warped_raster``: a target CRS)."""
+    size = size or args.big_size
     started = time.perf_counter()
-    source = write_sample_geotiff(work / "big.tif", width=args.big_size, height=args.big_size, seed=2)
+    source = write_sample_geotiff(work / f"{name}.tif", width=size, height=size, seed=2)
     took = time.perf_counter() - started
-    common.log(f"big input generated in {took:.0f}s: {source.stat().st_size / 1e9:.2f} GB file")
-    blob = f"bench/big-{args.big_size}.tif"
+    common.log(f"{name} input generated in {took:.0f}s: {source.stat().st_size / 1e9:.2f} GB file")
+    blob = f"bench/{name}-{size}.tif"
     storage.upload_file("bronze", blob, source, content_type="image/tiff")
     source.unlink()
+    parameters = {"blob_name": blob, "collection_id": f"bench-{name}", **(extra or {})}
     with ProcessRssSampler(host) as sampler:
-        job = run_job(host.base_url, {"blob_name": blob, "collection_id": "bench-big"}, timeout=args.big_timeout)
+        job = run_job(host.base_url, parameters, timeout=args.big_timeout)
     tasks = per_task_memory(job, sampler)
     worker_peaks = {pid: ProcessRssSampler.status_field(pid, "VmHWM") for pid in common._worker_pids(host)}
     return {
-        "input": {"blob": blob, "width": args.big_size, "height": args.big_size, "raw_bytes": args.big_size**2 * 4},
+        "input": {"blob": blob, "width": size, "height": size, "raw_bytes": size**2 * 4, **(extra or {})},
         "tiles": sum(1 for t in tasks if t["stage"] == 3),
         "submit_to_completed_s": job["submit_to_completed_s"],
         "cog_stage_s": job["cog_stage_s"],
@@ -266,6 +284,29 @@ def big_raster(args: argparse.Namespace, work: Path, storage: BlobStorage, host:
             max(t.get("peak_rss_sampled_mib") or 0, t.get("peak_rss_reported_mib") or 0) for t in tasks
         ),
     }
+
+
+def warped_raster(
+    args: argparse.Namespace, work: Path, storage: BlobStorage, host: common.HostProcess
+) -> dict[str, Any]:
+    """The sample raster (UTM 33N) warped to EPSG:4326: every cog task reads a GDAL warped VRT."""
+    return big_raster(args, work, storage, host, size=args.warp_size, name="warped", extra={"target_crs": "EPSG:4326"})
+
+
+def print_memory(title: str, big: dict[str, Any]) -> None:
+    print(f"{title}: {big['input']['width']}x{big['input']['height']} float32 "
+          f"({big['input']['raw_bytes'] / 1e9:.2f} GB uncompressed), {big['tiles']} tiles, "
+          f"job {big['submit_to_completed_s']:.0f} s, cog stage {big['cog_stage_s']:.0f} s")  # fmt: skip
+    print("  stage task            seconds (waited for a slot)  peak RSS: task's own sampler / this script's")
+    for task in big["tasks"]:
+        own, sampled = task["peak_rss_reported_mib"] or "-", task.get("peak_rss_sampled_mib") or "-"
+        waited = (task["steps_s"] or {}).get("waited_for_slot")
+        waited_text = f"({waited:5.1f})" if waited is not None else " " * 7
+        staged = f"  staged: {task['staged_because']}" if task.get("staged_because") else ""
+        print(f"  {task['stage']:>5} {task['task']:<15} {task['seconds']:7.1f} {waited_text}  "
+              f"{own:>5} MiB / {sampled:>5} MiB{staged}")  # fmt: skip
+    print(f"  largest per-task peak: {big['max_task_peak_rss_mib']} MiB (target <= 1024 MiB); "
+          f"worker processes' lifetime peaks (VmHWM): {big['worker_lifetime_peak_rss_mib']} MiB")  # fmt: skip
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -294,20 +335,10 @@ def print_report(report: dict[str, Any]) -> None:
     timelines = comparison["job_timelines_s"]
     spans = {name: median([t[name] for t in timelines]) for name in timelines[0]}
     print("  job timeline (median s): " + ", ".join(f"{name.removesuffix('_s')} {v:.2f}" for name, v in spans.items()))
-    big = report.get("big")
-    if big:
-        print(f"Big raster: {big['input']['width']}x{big['input']['height']} float32 "
-              f"({big['input']['raw_bytes'] / 1e9:.2f} GB uncompressed), {big['tiles']} tiles, "
-              f"job {big['submit_to_completed_s']:.0f} s, cog stage {big['cog_stage_s']:.0f} s")  # fmt: skip
-        print("  stage task            seconds (waited for a slot)  peak RSS: task's own sampler / this script's")
-        for task in big["tasks"]:
-            own, sampled = task["peak_rss_reported_mib"] or "-", task.get("peak_rss_sampled_mib") or "-"
-            waited = (task["steps_s"] or {}).get("waited_for_slot")
-            waited_text = f"({waited:5.1f})" if waited is not None else " " * 7
-            print(f"  {task['stage']:>5} {task['task']:<15} {task['seconds']:7.1f} {waited_text}  "
-                  f"{own:>5} MiB / {sampled:>5} MiB")  # fmt: skip
-        print(f"  largest per-task peak: {big['max_task_peak_rss_mib']} MiB (target <= 1024 MiB); "
-              f"worker processes' lifetime peaks (VmHWM): {big['worker_lifetime_peak_rss_mib']} MiB")  # fmt: skip
+    if report.get("big"):
+        print_memory("Big raster", report["big"])
+    if report.get("warped"):
+        print_memory("Warped raster (to EPSG:4326)", report["warped"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big-size", type=int, default=28_672, help="side of the >= 3 GB input (float32), px")
     parser.add_argument("--no-big", action="store_true", help="skip the big-raster memory run")
+    parser.add_argument(
+        "--warp-size", type=int, default=8192, help="side of the warped memory run's input (float32), px; 0 skips it"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
         "--threads", type=int, default=2, help="GDAL threads, for the direct runs and the workers (GDAL_THREADS)"

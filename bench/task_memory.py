@@ -72,6 +72,7 @@ def per_task_memory(job: dict[str, Any], sampler: ProcessRssSampler | None) -> l
             "peak_rss_reported_mib": round(result["peak_rss_bytes"] / MIB) if result.get("peak_rss_bytes") else None,
             "process_id": pid,
             "steps_s": result.get("seconds"),
+            "staged_because": result.get("staged_because"),  # None: read from the source directly
         }
         if sampler is not None and pid:
             sampled = sampler.peak_between(pid, parse_time(task["started_at"]), parse_time(task["completed_at"]))

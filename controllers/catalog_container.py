@@ -24,12 +24,13 @@ from controllers.process_raster_parameters import CollectionId
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.blob_names import ContainerName
-from schemas.errors import PermanentTaskError
+from schemas.errors import InvalidRequestError, PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.inventory.catalog import item_for, publish_in_place_catalog, skip_reason
 from services.inventory.chunks import ChunkStore, ListingParameters, chunk_keys
 from services.inventory.report import flatten
+from services.stac.pgstac_loader import publish_catalog_to_pgstac
 
 LIST_KEY = "list"
 CATALOG_KEY = "catalog"
@@ -42,6 +43,11 @@ class CatalogContainerParameters(ListingParameters):
         "or digit, no '..', not ending in '.'."
     )
     output_container: ContainerName = Field(default="silver", description="Container for the STAC catalog.")
+    pgstac: bool = Field(
+        default=False,
+        description="Also load the catalog into pgstac (the STAC API) as the last step, replacing what pgstac "
+        "held of the collection. Needs PGSTAC_ENABLED.",
+    )
 
 
 class CatalogContainerController(JobController[CatalogContainerParameters]):
@@ -56,6 +62,7 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
         self._db = database
         self._ownership = CollectionOwnership(database)
         self._max_chunks = max_tasks_per_stage  # chunk tasks of one listing (MAX_TASKS_PER_STAGE)
+        self.pgstac_enabled = False  # PGSTAC_ENABLED (from_settings): whether `pgstac: true` is accepted
         self.stages = (
             StageDefinition("list", self.list_blobs),
             StageDefinition("items", self.items),
@@ -65,6 +72,7 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
     @classmethod
     def from_settings(cls, settings: Settings, storage: BlobStorage, database: Database) -> CatalogContainerController:
         controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
+        controller.pgstac_enabled = settings.pgstac_enabled
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller
 
@@ -79,6 +87,10 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
 
     def resolve_parameters(self, params: CatalogContainerParameters) -> CatalogContainerParameters:
         """Claim the collection (409 naming collection_id when another source or job type owns it)."""
+        if params.pgstac and not self.pgstac_enabled:
+            raise InvalidRequestError(
+                "pgstac is not enabled", details=[{"field": "pgstac", "message": "needs PGSTAC_ENABLED"}]
+            )
         self._ownership.claim_at_submission(params.output_container, params.collection_id, self.owner(params))
         return params
 
@@ -128,6 +140,10 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
             raise PermanentTaskError(
                 f"no readable GeoTIFF under {source}: {counts['blobs']} blobs, {counts['not_raster']} not rasters, "
                 f"{counts['unreadable']} unreadable" + (f" ({reasons})" if reasons else "")
+            )
+        if params.pgstac:  # last step: the catalog into pgstac (the STAC API)
+            published["pgstac"] = publish_catalog_to_pgstac(
+                self._db, self._storage, params.output_container, published["collection"]["blob"]
             )
         return {**published, **counts, "skipped": skipped}
 

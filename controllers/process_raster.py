@@ -39,7 +39,7 @@ from controllers.container_defaults import with_default_containers
 from controllers.process_raster_parameters import ProcessRasterParameters, output_options, unquoted_etag
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
-from schemas.errors import ConflictError, PermanentTaskError
+from schemas.errors import ConflictError, InvalidRequestError, PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.cog import (
@@ -57,6 +57,7 @@ from services.raster.pipeline import (
     validate_source,
 )
 from services.raster.tiling import TaskMemoryModel, TileWindow, TilingError, plan_tiles
+from services.stac.pgstac_loader import publish_catalog_to_pgstac
 
 SOURCE_KEY = "source"
 CATALOG_KEY = "catalog"
@@ -102,6 +103,8 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         # Collection ownership and output supersession (collection_owners); without a database
         # (unit tests of the handlers) nothing is claimed.
         self._ownership = CollectionOwnership(database) if database is not None else None
+        self._db = database
+        self.pgstac_enabled = False  # PGSTAC_ENABLED (from_settings): whether `pgstac: true` is accepted
         # One per process in practice (the container builds the registry once): bounds how many
         # tile conversions, each up to a task budget, run at once in this process.
         self._conversion_slots = threading.BoundedSemaphore(options.conversions_per_process)
@@ -124,7 +127,14 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
     def from_settings(
         cls, settings: Settings, storage: BlobStorage, database: Database | None = None
     ) -> ProcessRasterController:
-        return cls(storage, RasterJobOptions.from_settings(settings, storage), database)
+        controller = cls(storage, RasterJobOptions.from_settings(settings, storage), database)
+        controller.pgstac_enabled = settings.pgstac_enabled and database is not None
+        return controller
+
+    @property
+    def conversion_slots(self) -> threading.BoundedSemaphore:
+        """The process's conversion slots, shared with process_rasters (controllers/registry.py)."""
+        return self._conversion_slots
 
     @staticmethod
     def owner(params: ProcessRasterParameters) -> Owner:
@@ -171,6 +181,10 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             message = f"{params.container}/{params.blob_name} is not version {params.source_etag}: {now}"
             raise ConflictError(
                 "the source is not the version asked for", details=[{"field": "source_etag", "message": message}]
+            )
+        if params.pgstac and not self.pgstac_enabled:
+            raise InvalidRequestError(
+                "pgstac is not enabled", details=[{"field": "pgstac", "message": "needs PGSTAC_ENABLED"}]
             )
         if self._ownership is not None:
             self._ownership.claim_at_submission(
@@ -260,7 +274,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         params = ctx.job_parameters
         tiles = [CatalogTile.from_result(key, result) for key, result in ctx.parameters["tiles"].items()]
         self.take_over_outputs(ctx)  # still the writer (a job planned before ownership was recorded claims here)
-        return publish_catalog(
+        published = publish_catalog(
             self._storage,
             params.source,
             tiles,
@@ -268,6 +282,12 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             collection_id=params.resolved_collection_id,
             output_key=params.output_key,
         )
+        if params.pgstac and self._db is not None:  # last step: the catalog into pgstac (the STAC API)
+            collection_blob = published["collection"]["blob"]
+            published["pgstac"] = publish_catalog_to_pgstac(
+                self._db, self._storage, params.output_container, collection_blob
+            )
+        return published
 
     # --- fan-out and fan-in -------------------------------------------------------------------
 
@@ -303,5 +323,6 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
                 "stac_collection": catalog.get("collection"),
                 "stac_items": catalog.get("items", []),
                 "mosaic_vrt": catalog.get("mosaic_vrt"),
+                **({"pgstac": catalog["pgstac"]} if catalog.get("pgstac") else {}),
             },
         }

@@ -85,7 +85,9 @@ def collection_id_for(blob_name: str, options_key: str | None = None) -> str:
 # and under which collection they go, the source version (a replaced source writes the same
 # outputs, superseding the older job) and the STAC datetime. Every other parameter with a value
 # other than its default is an output option (so a new option is one automatically).
-OUTPUT_NEUTRAL_FIELDS = frozenset({"blob_name", "output_container", "collection_id", "source_etag", "datetime"})
+OUTPUT_NEUTRAL_FIELDS = frozenset(
+    {"blob_name", "output_container", "collection_id", "source_etag", "datetime", "pgstac"}
+)
 OUTPUT_KEY_DIGITS = 12
 
 
@@ -103,20 +105,11 @@ def options_key(options: dict[str, Any]) -> str | None:
     return hashlib.sha256(canonical.encode()).hexdigest()[:OUTPUT_KEY_DIGITS]
 
 
-class ProcessRasterParameters(BaseModel):
+class RasterOutputOptions(BaseModel):
+    """The conversion options process_raster and process_rasters share: their fields and checks."""
+
     model_config = ConfigDict(extra="forbid")
 
-    container: ContainerName = Field(default="bronze", description="Container holding the source GeoTIFF.")
-    blob_name: BlobPath = Field(description="Path of the source GeoTIFF in the container (no URL, no '..').")
-    output_container: ContainerName = Field(default="silver", description="Container for COGs and STAC.")
-    collection_id: CollectionId | None = Field(
-        default=None,
-        description="STAC collection id: 1-128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter "
-        "or digit, no '..', not ending in '.'. Default derived from the blob name: dem.tif → dem; any other "
-        "name → a slug plus 12 hex digits of its SHA-256 (terrain/dem.tif → terrain-dem-<hash>); with output "
-        "options other than the defaults always the hashed form, over the name and the options. A collection id "
-        "belongs to one source with one set of output options: naming another's is a 409.",
-    )
     compression: Compression = Field(
         default="deflate", description="COG compression; jpeg/webp only for uint8 RGB(A) (jpeg also 1 band)."
     )
@@ -163,13 +156,6 @@ class ProcessRasterParameters(BaseModel):
         default=None,
         description="Resampling when warping; default nearest for paletted/categorical, bilinear otherwise.",
     )
-    source_etag: SourceEtag | None = Field(
-        default=None,
-        description="ETag of the version of the source the job converts, part of the job id: recorded at "
-        "submission from the blob as it is then (null when it does not exist), so a replaced source is a new "
-        "job. Pass it to pin a version: another current etag is a 409. A source replaced after submission "
-        "fails the job.",
-    )
 
     @field_validator("assume_crs", "target_crs")
     @classmethod
@@ -196,6 +182,34 @@ class ProcessRasterParameters(BaseModel):
     @property
     def warp_options(self) -> WarpOptions:
         return WarpOptions(self.warp, self.target_crs, self.web_optimized, self.resampling)
+
+
+class ProcessRasterParameters(RasterOutputOptions):
+    model_config = ConfigDict(extra="forbid")
+
+    container: ContainerName = Field(default="bronze", description="Container holding the source GeoTIFF.")
+    blob_name: BlobPath = Field(description="Path of the source GeoTIFF in the container (no URL, no '..').")
+    output_container: ContainerName = Field(default="silver", description="Container for COGs and STAC.")
+    collection_id: CollectionId | None = Field(
+        default=None,
+        description="STAC collection id: 1-128 characters of a-z, 0-9, '.', '_' and '-', starting with a letter "
+        "or digit, no '..', not ending in '.'. Default derived from the blob name: dem.tif → dem; any other "
+        "name → a slug plus 12 hex digits of its SHA-256 (terrain/dem.tif → terrain-dem-<hash>); with output "
+        "options other than the defaults always the hashed form, over the name and the options. A collection id "
+        "belongs to one source with one set of output options: naming another's is a 409.",
+    )
+    pgstac: bool = Field(
+        default=False,
+        description="Also load the output catalog into pgstac (the STAC API) as the last step, replacing what "
+        "pgstac held of the collection. Needs PGSTAC_ENABLED.",
+    )
+    source_etag: SourceEtag | None = Field(
+        default=None,
+        description="ETag of the version of the source the job converts, part of the job id: recorded at "
+        "submission from the blob as it is then (null when it does not exist), so a replaced source is a new "
+        "job. Pass it to pin a version: another current etag is a 409. A source replaced after submission "
+        "fails the job.",
+    )
 
     @model_validator(mode="after")
     def _derive_collection_id(self) -> ProcessRasterParameters:

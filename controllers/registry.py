@@ -8,11 +8,15 @@ from __future__ import annotations
 from typing import Any
 
 from controllers.catalog_container import CatalogContainerController
+from controllers.export_geoparquet import ExportGeoParquetController
 from controllers.extract_metadata import ExtractMetadataController
 from controllers.hello_world import HelloWorldController
+from controllers.ingest_stac import IngestStacController
 from controllers.inventory_container import InventoryContainerController
 from controllers.process_raster import ProcessRasterController
+from controllers.process_rasters import ProcessRastersController
 from controllers.stage_vector import StageVectorController
+from controllers.validate_stac import ValidateStacController
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.settings import Settings
@@ -32,10 +36,18 @@ def default_registry(
     """
     controllers: list[JobController[Any]] = [HelloWorldController()]
     if settings is not None and storage is not None:
-        controllers.append(ProcessRasterController.from_settings(settings, storage, database))
+        raster = ProcessRasterController.from_settings(settings, storage, database)
+        controllers.append(raster)
         if database is not None:
+            controllers.append(
+                ProcessRastersController.from_settings(settings, storage, database, raster.conversion_slots)
+            )
             controllers.append(InventoryContainerController.from_settings(settings, storage, database))
             controllers.append(CatalogContainerController.from_settings(settings, storage, database))
             controllers.append(ExtractMetadataController.from_settings(settings, storage, database))
             controllers.append(StageVectorController.from_settings(settings, storage, database))
+            controllers.append(ExportGeoParquetController.from_settings(settings, storage, database))
+            controllers.append(ValidateStacController.from_settings(settings, storage, database))
+            if settings.pgstac_enabled:  # PGSTAC_ENABLED: pgstac is migrated into this database
+                controllers.append(IngestStacController.from_settings(settings, storage, database))
     return JobTypeRegistry(controllers)

@@ -44,6 +44,7 @@ from devstack.stack_state import (
     terminate_group,
 )
 from repositories.migrator import apply_migrations
+from repositories.pgstac_migrator import apply_pgstac_migrations
 
 AZURITE_PORTS = (10000, 10001, 10002)
 HOST_READY_TIMEOUT = 60.0
@@ -97,6 +98,7 @@ class StackConfig:
     workers: int
     api_port: int
     function_key: str | None
+    pgstac: bool = False  # PGSTAC_ENABLED: migrate pgstac beside the app's schema
 
     @property
     def api_url(self) -> str:
@@ -132,6 +134,7 @@ def resolve_config(values: Mapping[str, str], host: Mapping[str, Any], environ: 
         workers=integer("WORKERS", environ.get("WORKERS") or 2),
         api_port=integer("Host.LocalHttpPort", host.get("LocalHttpPort") or 7071),
         function_key=(merged.get("LOCAL_HOST_FUNCTION_KEY") or None) if key_required else None,
+        pgstac=merged.get("PGSTAC_ENABLED", "").strip().lower() in {"1", "true", "yes", "on"},
     )
 
 
@@ -288,7 +291,10 @@ def ensure_host(paths: StackPaths, config: StackConfig, state: StackState, envir
 
 
 def apply_schema_migrations(config: StackConfig) -> list[str]:
-    return apply_migrations(config.postgres.conninfo(config.database), config.schema)
+    applied = apply_migrations(config.postgres.conninfo(config.database), config.schema)
+    if config.pgstac:  # pgstac's own migrations (pypgstac), into schema pgstac of the same database
+        applied.append(f"pgstac {apply_pgstac_migrations(config.postgres.conninfo(config.database))}")
+    return applied
 
 
 def up(paths: StackPaths, environ: Mapping[str, str], started: list[str] | None = None) -> list[str]:

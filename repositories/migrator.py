@@ -78,8 +78,13 @@ def main() -> None:
     credential = default_credential(settings.azure_client_id) if needs_credential(settings) else None
     store = secret_store_from_settings(settings, credential) if credential is not None else None
     options = postgres_connect_options(settings, credential=credential, secret_store=store)
-    applied = apply_migrations(resolved_conninfo(settings.postgres_conninfo(), options), settings.postgres_schema)
+    conninfo = resolved_conninfo(settings.postgres_conninfo(), options)
+    applied = apply_migrations(conninfo, settings.postgres_schema)
     print(f"migrations applied: {len(applied)} {applied if applied else '(schema up to date)'}")
+    if settings.pgstac_enabled:  # PGSTAC_ENABLED: pgstac's own migrations (pypgstac), schema pgstac
+        from repositories.pgstac_migrator import apply_pgstac_migrations
+
+        print(f"pgstac at version {apply_pgstac_migrations(conninfo)}")
 
 
 if __name__ == "__main__":

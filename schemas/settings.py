@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     submit_rate_per_minute: float = Field(default=120.0, ge=0, le=1_000_000)
     submit_burst: int = Field(default=60, ge=1, le=1_000_000)
 
+    # pgstac (schema `pgstac` in the same database, migrated with the app's migrations when enabled;
+    # needs PostGIS and btree_gist) and the STAC API under /api/stac/ (function key unless
+    # STAC_API_ANONYMOUS; pages of at most STAC_API_MAX_LIMIT items).
+    pgstac_enabled: bool = False
+    stac_api_anonymous: bool = False
+    stac_api_max_limit: int = Field(default=1000, ge=1, le=10_000)
+
     # Task execution.
     task_max_attempts: int = Field(default=3, ge=1, le=100)
     task_retry_base_seconds: float = Field(default=1.0, ge=0)

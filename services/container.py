@@ -38,6 +38,7 @@ from services.engine.work_chain import WorkChain
 from services.health import HealthCheck, HealthTargets
 from services.operations import Operations, OperationsOptions, QueueInspector
 from services.rate_limits import SubmissionLimiter
+from services.stac_api import StacApi
 from services.telemetry.backlog import BacklogProbe, backlog_probe
 from services.webhooks.delivery import DeliveryOptions, WebhookDeliverer
 from services.webhooks.sender import WebhookSender
@@ -322,12 +323,18 @@ class ServiceContainer:
         return self._once("janitor", lambda: Janitor(self.db, self.registry, self.relay, self.publisher, options))
 
     @property
+    def stac_api(self) -> StacApi:
+        """The STAC API over pgstac (PGSTAC_ENABLED), on the app's pool."""
+        return self._once("stac_api", lambda: StacApi(self.db, max_limit=self.settings.stac_api_max_limit))
+
+    @property
     def health(self) -> HealthCheck:
         s = self.settings
         targets = HealthTargets(
             job_queue=s.job_queue,
             containers=(s.bronze_container, s.silver_container),
             unresolved_settings=tuple(unresolved_key_vault_references(s)),
+            pgstac=s.pgstac_enabled,
         )
         store, secret_name = self.secret_store, s.postgres_password_secret_name
         key_vault = (lambda: store.get(secret_name)) if store is not None and secret_name else None

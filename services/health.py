@@ -6,7 +6,8 @@ knows), queue storage (the job queue) and data storage (the input and output con
 reports its status and latency; the app is ready only when every required one is ok. With
 KEY_VAULT_URL and POSTGRES_PASSWORD_SECRET_NAME the vault is checked too (reading that secret,
 through the store's cache). An app setting still holding an unresolved ``@Microsoft.KeyVault(...)``
-reference (App Service could not resolve it) makes the app not ready, naming the setting. Nothing
+reference (App Service could not resolve it) makes the app not ready, naming the setting. With
+PGSTAC_ENABLED, pgstac's version is reported (down unless pypgstac's own). Nothing
 in a report names a host, key or password: errors are given by their type only.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from repositories.migrator import discover_migrations
+from repositories.pgstac_migrator import PYPGSTAC_VERSION, pgstac_version
 from services.engine.queue_publisher import QueuePublisher
 
 CHECK_TIMEOUT_SECONDS = 4.0
@@ -33,6 +35,8 @@ class HealthTargets:
     containers: tuple[str, ...]
     # App settings whose value is still an unresolved Key Vault reference literal.
     unresolved_settings: tuple[str, ...] = ()
+    # PGSTAC_ENABLED: report pgstac's version, down unless it is the one pypgstac migrates to.
+    pgstac: bool = False
 
 
 class HealthCheck:
@@ -62,6 +66,8 @@ class HealthCheck:
         }
         if self._key_vault is not None:
             checks["key_vault"] = self._read_key_vault
+        if self._targets.pgstac:
+            checks["pgstac"] = self._pgstac
         started = {name: self._pool.submit(_timed, check) for name, check in checks.items()}
         report: dict[str, Any] = {}
         for name, future in started.items():
@@ -85,6 +91,14 @@ class HealthCheck:
         if applied < self._expected_migration:
             return {"status": "down", "error": "schema migrations pending", "migrations": migrations}
         return {"status": "ok", "migrations": migrations}
+
+    def _pgstac(self) -> dict[str, Any]:
+        with self._db.connection() as conn:
+            version = pgstac_version(conn)
+        if version != PYPGSTAC_VERSION:
+            problem = "pgstac is not installed" if version is None else "pgstac migrations pending"
+            return {"status": "down", "error": problem, "version": version, "expected": PYPGSTAC_VERSION}
+        return {"status": "ok", "version": version}
 
     def _read_key_vault(self) -> dict[str, Any]:
         assert self._key_vault is not None

@@ -129,6 +129,10 @@ var appSettings = {
   // Per-caller submission limit (0 = unlimited).
   SUBMIT_RATE_PER_MINUTE: '120'
   SUBMIT_BURST: '60'
+  // pgstac and the STAC API (/api/stac): off until the migrator has installed pgstac (PGSTAC_ENABLED=true).
+  PGSTAC_ENABLED: 'false'
+  STAC_API_ANONYMOUS: 'false'
+  STAC_API_MAX_LIMIT: '1000'
   // Task execution.
   TASK_MAX_ATTEMPTS: '3'
   TASK_RETRY_BASE_SECONDS: '1'

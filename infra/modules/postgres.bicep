@@ -93,7 +93,8 @@ resource postgresExtensions 'Microsoft.DBforPostgreSQL/flexibleServers/configura
   parent: postgres
   name: 'azure.extensions'
   properties: {
-    value: 'POSTGIS'
+    // PostGIS for stage_vector and pgstac; btree_gist and unaccent for pgstac (its migration creates them).
+    value: 'POSTGIS,BTREE_GIST,UNACCENT'
     source: 'user-override'
   }
   dependsOn: [

@@ -76,6 +76,7 @@ def publish_in_place_catalog(
     source: str,
     output_container: str,
     collection_id: str,
+    description: str | None = None,
 ) -> dict[str, Any] | None:
     """Write the items, then their collection, as a self-contained catalog under
     {output_container}/stac/{collection_id}/ (the layout pystac's SELF_CONTAINED save gives:
@@ -122,7 +123,7 @@ def publish_in_place_catalog(
     bbox = union_bbox(bboxes)
     collection = pystac.Collection(
         id=collection_id,
-        description=f"GeoTIFFs catalogued in place under {source}, made by geoetl.",
+        description=description or f"GeoTIFFs catalogued in place under {source}, made by geoetl.",
         title=collection_id,
         license="other",
         extent=pystac.Extent(pystac.SpatialExtent([list(bbox)]), pystac.TemporalExtent([[first, last]])),

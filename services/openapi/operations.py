@@ -20,6 +20,7 @@ from services.openapi.model import (
     schema_ref,
     text_schema,
 )
+from services.openapi.stac_operations import stac_operation_docs
 from services.operations.service import (
     DEAD_LETTER_MAX_LIMIT,
     DEAD_LETTER_STATUSES,
@@ -283,6 +284,7 @@ def operation_docs(limits: ApiLimits) -> dict[str, OperationDoc]:
             },
             params=(Param("name", "path", text_schema(minLength=1), "A file name, e.g. main.js."),),
         ),
+        **stac_operation_docs(),
     }
 
 

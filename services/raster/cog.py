@@ -1,16 +1,16 @@
-"""Window → Cloud-Optimized GeoTIFF, in two streamed steps with explicit options.
+"""Window → Cloud-Optimized GeoTIFF, with explicit options.
 
-1. ``stage_window`` copies one window of the source (a /vsiaz/ path read in place) into a local,
-   uncompressed, 512-px tiled GeoTIFF, one 512-row strip at a time. Reading the source once,
-   in strips that follow its block layout, is what keeps remote reads fast: GDAL's own
-   whole-dataset copies walk a remote tiled source in scanline chunks and re-fetch it many times.
-   For lossy compressions a nodata value becomes an internal mask here (JPEG/WebP would blur it).
-2. ``write_cog`` runs GDAL's COG driver on the staged file with explicit creation options
+1. Where pixels or masks must be rewritten first (a warped source; a lossy compression with a
+   nodata value, which becomes an internal mask since JPEG/WebP would blur it), ``stage_window``
+   copies one window of the source (a /vsiaz/ path read in place) into a local, uncompressed,
+   512-px tiled GeoTIFF, one 512-row strip at a time. Every window is staged like this by default;
+   services/raster/convert.py can instead let the COG driver read the window straight from the source
+   through a VRT where nothing is rewritten (opt-in ``read_directly``; the same file byte for byte).
+2. ``write_cog`` runs GDAL's COG driver on that with explicit creation options
    (``cog_creation_options``: compression and level, the predictor for the data type, 512-px
-   blocks, overview resampling, GDAL threads). The staged file already is the uncompressed tiled
-   intermediate that rio-cogeo's ``cog_translate`` would build again, so the COG driver saves one
-   full pass; rio-cogeo still validates every output (``cog_problems``). Nodata, the internal mask,
-   colour table, band descriptions, scales, offsets and tags are carried over by the driver.
+   blocks, overview resampling, GDAL threads); rio-cogeo still validates every output
+   (``cog_problems``). Nodata, the internal mask, colour table, band descriptions, scales, offsets
+   and tags are carried over by the driver.
 
 The output file is written front to back and only its header is rewritten at the end, which is
 what lets the caller upload it while it is being written (repositories/blob_upload.py).
@@ -209,9 +209,13 @@ def stage_window(
 
 
 def write_cog(staged: Path, destination: Path, options: CogOptions, *, dtype: str) -> None:
-    """Convert the staged window to a COG with GDAL's COG driver (overviews down to one block)."""
+    """Convert the window (staged, or a VRT over the source: services/raster/convert.py) to a COG with
+    GDAL's COG driver (overviews down to one block). Overviews are always computed from the pixels
+    with the chosen resampling: a VRT exposes a source's own overviews, which the driver would
+    otherwise copy (OVERVIEWS=AUTO)."""
+    creation = {**cog_creation_options(options, dtype), "OVERVIEWS": "IGNORE_EXISTING"}
     with rasterio.Env(**gdal_config(options)):
-        gdal_copy(str(staged), str(destination), driver="COG", **cog_creation_options(options, dtype))
+        gdal_copy(str(staged), str(destination), driver="COG", **creation)
 
 
 NOT_TILED = "The file is greater than 512xH or 512xW, but is not tiled"

@@ -34,15 +34,14 @@ from services.raster.cog import (
     cog_problems,
     compression_problem,
     gdal_config,
-    stage_window,
-    write_cog,
 )
+from services.raster.convert import check_source_unchanged, convert_window, window_source
 from services.raster.gdal_errors import gdal_error
 from services.raster.inspect import RasterMetadata, UnsupportedRasterError, inspect_dataset, tiff_truncation_problem
 from services.raster.memory import release_free_memory, track_peak_rss
 from services.raster.tiling import TileWindow
 from services.raster.vrt import VRT_MEDIA_TYPE, MosaicTile, mosaic_vrt
-from services.raster.warp import DEFAULT_WARP_OPTIONS, WarpOptions, inspect_source, staging_pixels
+from services.raster.warp import DEFAULT_WARP_OPTIONS, WarpOptions, inspect_source
 from services.stac.builder import AssetFile, build_collection, build_item, write_self_contained
 
 MOSAIC_NAME = "mosaic.vrt"
@@ -177,14 +176,15 @@ def convert_tile(
     *,
     conversion_slots: threading.Semaphore,
     slot_wait_seconds: float = DEFAULT_SLOT_WAIT_SECONDS,
+    read_directly: bool = False,
 ) -> dict[str, Any]:
-    """Stage the window locally, convert it to a COG while uploading it, validate, commit; record
-    what was written."""
+    """Stage the window locally (``read_directly``: let the COG driver read it from the source where
+    it can), convert it to a COG while uploading it, validate, commit; record what was written."""
     steps = StepTimer()
     path = storage.vsiaz_path(source.container, source.blob)
     lossy_with_nodata = options.compression in LOSSY_COMPRESSIONS and metadata.nodata is not None
     with track_peak_rss() as rss, tempfile.TemporaryDirectory(prefix="geoetl-cog-") as work:
-        staged, cog = Path(work) / "staged.tif", Path(work) / "cog.tif"
+        cog = Path(work) / "cog.tif"
         # The memory-heavy part runs at most N at a time per process. A task that cannot get a slot
         # in time goes back to the queue (possibly to another instance) rather than run into the
         # function timeout while it waits.
@@ -195,24 +195,30 @@ def convert_tile(
                     retry_after=random.uniform(*HAND_BACK_SECONDS),
                 )
         try:
-            with (
-                steps("stage"),
-                storage.gdal_env(**gdal_config(options)),
-                open_raster(path) as dataset,
-                staging_pixels(dataset, metadata) as warped,
-            ):
-                try:
-                    stage_window(dataset, window, staged, crs=metadata.crs, nodata_as_mask=lossy_with_nodata, **warped)
-                except RasterioError as exc:
-                    raise gdal_error(exc, path) from exc
+            # The window is staged locally (one read of the source); with read_directly the COG driver
+            # reads it from the source through a VRT instead where it can: services/raster/convert.py.
+            with steps("stage"), storage.gdal_env(**gdal_config(options)):
+                # Read before the GTiff-only open, for check_source_unchanged (a direct read reopens by name).
+                etag = storage.properties(source.container, source.blob).etag if read_directly else ""
+                with open_raster(path) as dataset:
+                    convert_from, staged_because = window_source(
+                        dataset,
+                        path,
+                        metadata,
+                        window,
+                        Path(work),
+                        nodata_as_mask=lossy_with_nodata,
+                        read_directly=read_directly,
+                    )
             # GDAL writes the COG front to back, so its blocks are uploaded while it writes; the blob
             # appears (or is replaced) only at commit(), after validation. Leaving early commits nothing.
             with storage.upload_while_written(
                 output.container, output.blob, cog, content_type=COG_MEDIA_TYPE
             ) as upload:
                 with steps("convert"):
-                    write_cog(staged, cog, options, dtype=metadata.dtype)
-                staged.unlink()
+                    direct = staged_because is None
+                    convert_window(storage, convert_from, cog, options, dtype=metadata.dtype, path=path, direct=direct)
+                convert_from.unlink()
                 with steps("validate"):
                     problems = cog_problems(cog)
                     if problems:
@@ -220,6 +226,8 @@ def convert_tile(
                     with rasterio.open(cog) as written:
                         tile_metadata = inspect_dataset(written)
                 with steps("upload_after_write"):
+                    if staged_because is None:  # GDAL opened the source again by name
+                        check_source_unchanged(storage, source.container, source.blob, etag)
                     uploaded = upload.commit()
         finally:
             release_free_memory()  # the conversion's heap and the upload's blocks
@@ -237,6 +245,7 @@ def convert_tile(
         "process_id": os.getpid(),
         "seconds": steps.seconds,
         "upload_blocks": upload_blocks,
+        "staged_because": staged_because,  # None: the COG driver read the source directly (read_directly)
     }
 
 

@@ -39,10 +39,13 @@ Handler = Callable[[func.HttpRequest], func.HttpResponse]
 JOB_TYPES = (
     "hello_world",
     "process_raster",
+    "process_rasters",
     "inventory_container",
     "catalog_container",
     "extract_metadata",
     "stage_vector",
+    "export_geoparquet",
+    "validate_stac",
 )
 BAD_TEXT = ("\x00", "a\x00b", "\ud800", "x\udfff", "\x01", "\u202e", "é", "'; --", "%00", "9" * 30)
 
@@ -283,10 +286,13 @@ def parameter_names(functions: dict[str, Handler], job_type: str) -> list[str]:
 VALID_BODIES: dict[str, dict[str, Any]] = {
     "hello_world": {"n": 1},
     "process_raster": {"blob_name": "a.tif"},
+    "process_rasters": {"prefix": "a/"},
     "inventory_container": {},
     "catalog_container": {},
     "extract_metadata": {"prefix": "a/"},
     "stage_vector": {"blob_name": "a.gpkg"},
+    "export_geoparquet": {"table": "a"},
+    "validate_stac": {"prefix": "stac/"},
 }
 
 

@@ -6,9 +6,8 @@ Three layers, none of which fetches anything:
 2. The project's own checks of the projection v2.0.0, raster v1.1.0 and file v2.1.0 fields it writes
    (``EXTENSION_FIELDS``): every prefixed field is one the extension defines, with the right type;
    a declared extension is used at least once; an undeclared prefix is an error.
-3. Where ``../shared/stac-schemas`` exists beside the checkout (CI and the developers' machines), the
-   official extension schemas too (see its README for the URL -> file mapping). A user's clone has
-   no ../shared: layers 1 and 2 still run, so no test skips.
+3. The official extension schemas too, from the copies the project ships in ``services/stac/schemas``
+   (its README maps URLs to files), so every clone runs all three layers.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ from pystac.validation.local_validator import get_local_schema_cache
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
-OFFICIAL_SCHEMA_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "stac-schemas"
+# The official schemas the project ships (services/stac/schemas, the same layout as ../shared/stac-schemas).
+OFFICIAL_SCHEMA_ROOT = Path(__file__).resolve().parents[2] / "services" / "stac" / "schemas"
 
 CORE_SCHEMAS = {
     "Feature": "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json",
