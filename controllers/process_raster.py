@@ -15,7 +15,7 @@ resubmission converts the new file. validate, and every cog task before and afte
 that the blob still has that etag: a source replaced after submission fails the job at once rather
 than mixing versions.
 
-Outputs never collide (docs/architecture.md, "Outputs never collide and never lie"): tiles go under
+Outputs never collide (docs/job-types.md, "Outputs never collide and never lie"): tiles go under
 ``pipeline.output_prefix(blob_name, params.output_key)``, injective in (source path, output options,
 collection); the collection id is claimed for this source and these options at submission (409 for
 another owner, controllers/collection_ownership.py); plan and stac take over as the collection's

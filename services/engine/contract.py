@@ -1,7 +1,7 @@
 """What a job type declares: ordered stages with handlers, a parameter model, fan-out and finalizer.
 
 Adding a job type = one ``JobController`` subclass plus its handler functions, registered in
-controllers/registry.py (docs/architecture.md, "Adding a job type").
+controllers/registry.py (docs/architecture.md, "Adding a job type"; every job type in docs/job-types.md).
 """
 
 from __future__ import annotations

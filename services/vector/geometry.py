@@ -1,6 +1,6 @@
 """Geometries of a batch → EWKB for the layer's column: validity policy, promotion, dimensions, CRS.
 
-Rules (documented in docs/architecture.md, stage_vector):
+Rules (documented in docs/job-types.md, stage_vector):
 - **Column type** from the layer's declared type: point layers stay ``Point`` (``MultiPoint`` when
   declared multi), line and polygon layers are always ``MultiLineString`` / ``MultiPolygon``
   (Shapefiles declare ``Polygon`` yet hold multi-part features; single parts are promoted), and
