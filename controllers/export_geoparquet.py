@@ -35,7 +35,6 @@ import pystac
 from psycopg.rows import tuple_row
 from pyproj import CRS
 
-from controllers.container_defaults import deployment_parameters_model
 from controllers.export_geoparquet_parameters import (
     ExportGeoParquetParameters,
     assemble_parameters,
@@ -44,11 +43,9 @@ from controllers.export_geoparquet_parameters import (
     part_blob,
 )
 from controllers.process_raster_parameters import unquoted_etag
-from repositories.blob_storage import BlobStorage
-from repositories.database import Database
+from controllers.vector_job import VectorJobController
 from schemas.errors import ConflictError, PermanentTaskError
-from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
-from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine import JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.memory import release_free_memory, track_peak_rss
 from services.vector import geoparquet_postgis as tables
 from services.vector.geometry import VectorInputError
@@ -59,36 +56,17 @@ from services.vector.source import LocalSource, download, open_source
 SOURCE_KEY, ASSEMBLE_KEY = "source", "assemble"
 
 
-class ExportGeoParquetController(JobController[ExportGeoParquetParameters]):
+class ExportGeoParquetController(VectorJobController[ExportGeoParquetParameters]):
     job_type = "export_geoparquet"
     description = "A PostGIS table or vector file → GeoParquet (Hilbert-ordered, bbox covering, zstd) + STAC Item."
     parameters_model = ExportGeoParquetParameters
 
-    def __init__(
-        self,
-        storage: BlobStorage,
-        database: Database,
-        *,
-        default_schema: str = "geodata",
-        max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE,
-    ) -> None:
-        self._storage = storage
-        self._db = database
-        self._default_schema = default_schema
-        self._max_tasks = max_tasks_per_stage
-        self.stages = (
+    def stage_definitions(self) -> tuple[StageDefinition, ...]:
+        return (
             StageDefinition("plan", self.plan),
             StageDefinition("write", self.write),
             StageDefinition("assemble", self.assemble),
         )
-
-    @classmethod
-    def from_settings(cls, settings: Settings, storage: BlobStorage, database: Database) -> ExportGeoParquetController:
-        controller = cls(
-            storage, database, default_schema=settings.vector_schema, max_tasks_per_stage=settings.max_tasks_per_stage
-        )
-        controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
-        return controller
 
     def schema_of(self, params: ExportGeoParquetParameters) -> str:
         return params.source_schema or self._default_schema

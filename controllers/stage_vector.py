@@ -27,14 +27,11 @@ from typing import Any
 
 import psycopg
 
-from controllers.container_defaults import deployment_parameters_model
 from controllers.process_raster_parameters import unquoted_etag
 from controllers.stage_vector_parameters import StageVectorParameters, feature_ranges, swap_parameters, table_summary
-from repositories.blob_storage import BlobStorage
-from repositories.database import Database
+from controllers.vector_job import VectorJobController
 from schemas.errors import ConflictError, PermanentTaskError
-from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
-from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
+from services.engine import JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.memory import track_peak_rss
 from services.vector import postgis
 from services.vector.geometry import VectorInputError
@@ -46,36 +43,17 @@ SOURCE_KEY, SWAP_KEY = "source", "swap"
 STALE_STAGING_SECONDS = 24 * 3600  # staging tables older than this are swept by the next inspect
 
 
-class StageVectorController(JobController[StageVectorParameters]):
+class StageVectorController(VectorJobController[StageVectorParameters]):
     job_type = "stage_vector"
     description = "Vector files (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, CSV) → PostGIS tables, loaded by COPY."
     parameters_model = StageVectorParameters
 
-    def __init__(
-        self,
-        storage: BlobStorage,
-        database: Database,
-        *,
-        default_schema: str = "geodata",
-        max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE,
-    ) -> None:
-        self._storage = storage
-        self._db = database
-        self._default_schema = default_schema
-        self._max_tasks = max_tasks_per_stage
-        self.stages = (
+    def stage_definitions(self) -> tuple[StageDefinition, ...]:
+        return (
             StageDefinition("inspect", self.inspect),
             StageDefinition("load", self.load),
             StageDefinition("swap", self.swap),
         )
-
-    @classmethod
-    def from_settings(cls, settings: Settings, storage: BlobStorage, database: Database) -> StageVectorController:
-        controller = cls(
-            storage, database, default_schema=settings.vector_schema, max_tasks_per_stage=settings.max_tasks_per_stage
-        )
-        controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
-        return controller
 
     def schema_of(self, params: StageVectorParameters) -> str:
         return params.target_schema or self._default_schema
