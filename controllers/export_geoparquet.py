@@ -189,7 +189,7 @@ class ExportGeoParquetController(VectorJobController[ExportGeoParquetParameters]
         if plan["kind"] == "table":
             source = tables.TableSource.from_dict(plan["table"])
             with self._db.connection() as conn:
-                data, bounds = tables.read_part(conn, source, cells)
+                data, bounds = tables.read_part(conn, source, cells, password=self._db.login_password())
             return data, bounds, source.geometry, source.crs(), source.extent
         local = self._blob_source(params)
         try:

@@ -133,6 +133,12 @@ class Database:
         # Counts DatabaseUnavailableError only; while open, transactions fail fast.
         self._breaker = breaker
 
+    def login_password(self) -> str | None:
+        """The password a new connection logs in with now: the provider's (a fresh Entra token or
+        the Key Vault secret), or None when the conninfo's own is used. For clients that open
+        connections of their own (ADBC)."""
+        return self._password_provider() if self._password_provider is not None else None
+
     def _connection_kwargs(self) -> dict[str, Any]:
         """Arguments of each new connection, evaluated by the pool when it connects."""
         kwargs: dict[str, Any] = {"row_factory": dict_row, "prepare_threshold": self._prepare_threshold}

@@ -253,14 +253,18 @@ def _select_list(source: TableSource) -> sql.Composable:
     return sql.SQL(", ").join(items)
 
 
-def _adbc_conninfo(conn: psycopg.Connection[Any], extension_schema: str) -> str:
-    """The pooled connection's parameters (password included) for an ADBC connection of its own,
-    with PostGIS's schema on the search path."""
+def adbc_conninfo(conn: psycopg.Connection[Any], extension_schema: str, password: str | None = None) -> str:
+    """The pooled connection's parameters for an ADBC connection of its own, with PostGIS's schema
+    on the search path. ``password``: what a new login uses now (a fresh Entra token); None: the
+    pooled connection's own, which an older connection may hold past a token's expiry."""
     schema = extension_schema.replace("\\", "\\\\").replace(" ", "\\ ")
-    return make_conninfo(conn.info.dsn, password=conn.info.password or "", options=f"-c search_path={schema}")
+    login = password if password is not None else conn.info.password or ""
+    return make_conninfo(conn.info.dsn, password=login, options=f"-c search_path={schema}")
 
 
-def read_part(conn: psycopg.Connection[Any], source: TableSource, cells: list[int]) -> tuple[pa.Table, np.ndarray]:
+def read_part(
+    conn: psycopg.Connection[Any], source: TableSource, cells: list[int], password: str | None = None
+) -> tuple[pa.Table, np.ndarray]:
     """The rows of the part's cells (every row when ``cells`` is empty): an Arrow table of the
     attribute columns and the geometry column as WKB, and each row's bounds (N x 4, NaN without
     geometry; exact: PostGIS computes them from the geometry in double precision).
@@ -272,7 +276,7 @@ def read_part(conn: psycopg.Connection[Any], source: TableSource, cells: list[in
         query = sql.SQL("{} WHERE {} = ANY({}::int[])").format(query, _cell_expression(source), sql.Literal(cells))
     text = query.as_string(conn)
     try:
-        with adbc.connect(_adbc_conninfo(conn, source.extension_schema)) as reader, reader.cursor() as cur:
+        with adbc.connect(adbc_conninfo(conn, source.extension_schema, password)) as reader, reader.cursor() as cur:
             cur.execute(text)
             data = cur.fetch_arrow_table()
     except adbc.ProgrammingError as exc:  # the table changed shape since the plan

@@ -360,3 +360,25 @@ def test_retried_write_tasks_overwrite_their_parts(
         (status["job_id"],),
     )
     assert attempts == [(2, 2)]
+
+
+def test_the_adbc_reader_logs_in_with_the_password_a_new_connection_would_use(settings: Settings) -> None:
+    """An Entra token expires while a pooled connection lives on: the ADBC reader takes the
+    provider's current password (Database.login_password), not the pooled connection's."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from repositories.database import Database
+    from services.vector.geoparquet_postgis import adbc_conninfo
+
+    tokens = iter(["token-1", "token-2"])
+    database = Database(settings.postgres_conninfo(), schema="geoetl", password_provider=lambda: next(tokens))
+    assert database.login_password() == "token-1"
+    assert database.login_password() == "token-2"
+    assert Database(settings.postgres_conninfo(), schema="geoetl").login_password() is None
+
+    with psycopg.connect(settings.postgres_conninfo(), password="pooled-password") as conn:
+        fresh = conninfo_to_dict(adbc_conninfo(conn, "public", "token-3"))
+        pooled = conninfo_to_dict(adbc_conninfo(conn, "my schema"))
+    assert fresh["password"] == "token-3"
+    assert pooled["password"] == "pooled-password"
+    assert pooled["options"] == "-c search_path=my\\ schema"
