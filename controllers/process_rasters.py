@@ -82,6 +82,9 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
     # One of the catalog stage's two tasks (``report``) fails by design when files failed; a stage
     # with more than half its tasks failed fails the job (a listing, most chunks, a catalog).
     max_failure_ratio = 0.5
+    # Per-file progress in GET /api/jobs/{id} while the job runs: inspect counts files (valid,
+    # failed), convert counts conversions (a tiled file's tiles count one each).
+    progress_counters = ("files", "valid", "converted", "failed")
 
     def __init__(
         self,

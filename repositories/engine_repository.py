@@ -237,6 +237,13 @@ class EngineRepository(ControlQueries, MaintenanceQueries, BlobChunkQueries):
     def task_counts_of_job(self, job_id: str) -> list[dict[str, Any]]:
         return self._all("task_counts_of_job", {"job_id": job_id})
 
+    def task_result_counters_of_job(self, job_id: str, keys: Sequence[str]) -> dict[int, dict[str, int]]:
+        """{stage: {key: sum}} of integer result fields of the job's completed tasks."""
+        sums: dict[int, dict[str, int]] = {}
+        for row in self._all("task_result_counters_of_job", {"job_id": job_id, "keys": list(keys)}):
+            sums.setdefault(int(row["stage"]), {})[str(row["key"])] = int(row["total"])
+        return sums
+
     def job_timing(self, job_id: str) -> dict[str, Any]:
         row = self._one("job_timing", {"job_id": job_id})
         return row or {"first_started_at": None, "finished": 0}

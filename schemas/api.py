@@ -81,6 +81,11 @@ class StageProgress(ApiModel):
     task_count: int | None = Field(description="Tasks of the stage; null until the stage is created.")
     tasks: dict[TaskStatus, int] = Field(description="Tasks of the stage by status.")
     avg_task_seconds: float | None
+    counters: dict[str, int] | None = Field(
+        default=None,
+        description="The job type's own progress units summed over the stage's completed tasks (e.g. "
+        "process_rasters: files, converted, failed); absent for job types that declare none.",
+    )
 
 
 class JobProgress(ApiModel):

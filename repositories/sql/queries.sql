@@ -157,6 +157,15 @@ SELECT stage, status, count(*)::integer AS n,
  WHERE job_id = %(job_id)s
  GROUP BY stage, status;
 
+-- name: task_result_counters_of_job
+-- Sums of integer fields of the completed tasks' results, per stage (JobController.progress_counters);
+-- a missing or non-integer field counts as 0.
+SELECT t.stage, k.key, coalesce(sum(CASE WHEN jsonb_typeof(t.result -> k.key) = 'number'
+                                         THEN (t.result ->> k.key)::numeric END), 0)::bigint AS total
+  FROM tasks t CROSS JOIN unnest(%(keys)s::text[]) AS k(key)
+ WHERE t.job_id = %(job_id)s AND t.status = 'completed'
+ GROUP BY t.stage, k.key;
+
 -- name: job_timing
 SELECT min(started_at) AS first_started_at,
        count(*) FILTER (WHERE status IN ('completed', 'failed', 'skipped'))::integer AS finished

@@ -93,6 +93,10 @@ class JobController(ABC, Generic[ParamsT]):
     # Attempts and backoff for transient task errors; None = the TASK_MAX_ATTEMPTS /
     # TASK_RETRY_BASE_SECONDS / TASK_RETRY_MAX_SECONDS settings.
     retry_policy: ClassVar[RetryPolicy | None] = None
+    # Integer fields of this job type's task results that the status sums per stage while the job
+    # runs (``progress.stages[].counters``), e.g. ("files", "converted", "failed") for a stage whose
+    # tasks each handle many files: progress in the job's own units, not only in tasks.
+    progress_counters: ClassVar[tuple[str, ...]] = ()
 
     @property
     def total_stages(self) -> int:

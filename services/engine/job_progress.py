@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,8 +18,10 @@ def compute_progress(
     task_counts: Sequence[dict[str, Any]],
     first_started_at: datetime | None,
     now: datetime,
+    counters: Mapping[int, Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Pure function of what the database reports; see GET /api/jobs/{id}."""
+    """Pure function of what the database reports; see GET /api/jobs/{id}. ``counters``: the job
+    type's progress counters summed per stage over completed tasks (None: it declares none)."""
     counts: dict[int, dict[str, int]] = {}
     durations: dict[int, float] = {}
     for row in task_counts:
@@ -55,6 +57,7 @@ def compute_progress(
                 "task_count": total,
                 "tasks": by_status,
                 "avg_task_seconds": round(durations[number], 4) if number in durations else None,
+                **({"counters": dict(counters.get(number, {}))} if counters is not None else {}),
             }
         )
 

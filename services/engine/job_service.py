@@ -262,13 +262,20 @@ class JobService:
             counts = repo.task_counts_of_job(job_id)
             timing = repo.job_timing(job_id)
             webhooks = webhook_states(repo, job_id, self._callbacks.max_attempts)
-        controller = self._registry.get(job.job_type)
+            controller = self._registry.get(job.job_type)
+            counters = (
+                repo.task_result_counters_of_job(job_id, controller.progress_counters)
+                if controller and controller.progress_counters
+                else None
+            )
         names = (
             [s.name for s in controller.stages]
             if controller
             else [f"stage_{i}" for i in range(1, job.total_stages + 1)]
         )
-        progress = compute_progress(job, names, stages, counts, timing["first_started_at"], datetime.now(UTC))
+        progress = compute_progress(
+            job, names, stages, counts, timing["first_started_at"], datetime.now(UTC), counters=counters
+        )
         return {**job_summary(job), "progress": progress, "result": job.result, "webhooks": webhooks}
 
     def list_jobs(

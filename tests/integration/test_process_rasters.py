@@ -109,6 +109,17 @@ def test_the_job_ends_completed_with_errors_naming_the_bad_files(
     assert "2 of 10 files failed" in first[0]["error"] and run + "corrupt.tif" in first[0]["error"]
 
 
+def test_the_status_counts_files_per_stage(bulk: dict[str, Any], sources: tuple[str, dict[str, Path]]) -> None:
+    """Per-file progress (JobController.progress_counters) summed over each stage's completed tasks."""
+    _, good = sources
+    by_name = {stage["name"]: stage for stage in bulk["progress"]["stages"]}
+    inspect, convert = by_name["inspect"]["counters"], by_name["convert"]["counters"]
+    assert (inspect["files"], inspect["valid"], inspect["failed"]) == (len(good) + 2, len(good), 2)
+    # Every good file converted; the big one as 4 tiles, each counted.
+    assert (convert["converted"], convert["failed"]) == (len(good) - 1 + 4, 0)
+    assert set(by_name["list"]["counters"]) == {"files", "valid", "converted", "failed"}
+
+
 def collection_of(
     storage: BlobStorage, bulk: dict[str, Any]
 ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:

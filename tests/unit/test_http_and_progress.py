@@ -109,6 +109,21 @@ def test_progress_counts_percent_and_eta() -> None:
     assert progress["eta_seconds"] == pytest.approx(10 / 3.0, abs=0.1)  # 10 left at 3 tasks/s
 
 
+def test_progress_carries_the_job_types_counters_per_stage_only_when_it_declares_them() -> None:
+    counted = compute_progress(
+        job(JobStatus.PROCESSING),
+        ["greet", "reply"],
+        [stage(1, 4, "processing", 2)],
+        [],
+        None,
+        NOW,
+        counters={1: {"files": 60, "failed": 2}},
+    )
+    assert [s["counters"] for s in counted["stages"]] == [{"files": 60, "failed": 2}, {}]
+    plain = compute_progress(job(JobStatus.PROCESSING), ["greet", "reply"], [], [], None, NOW)
+    assert all("counters" not in s for s in plain["stages"])
+
+
 def test_progress_of_new_and_finished_jobs() -> None:
     fresh = compute_progress(job(JobStatus.QUEUED), ["greet", "reply"], [], [], None, NOW)
     assert fresh["percent"] == 0.0 and fresh["eta_seconds"] is None
