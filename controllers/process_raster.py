@@ -68,6 +68,7 @@ class RasterJobOptions:
     memory: TaskMemoryModel
     gdal_threads: int = 2
     conversions_per_process: int = 1
+    read_directly: bool = False  # RASTER_READ_DIRECTLY: convert windows without a local staging copy
     default_container: str = "bronze"
     default_output_container: str = "silver"
     max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE  # most tiles (cog tasks) one job may plan
@@ -85,6 +86,7 @@ class RasterJobOptions:
             ),
             gdal_threads=settings.gdal_threads,
             conversions_per_process=settings.raster_conversions_per_process,
+            read_directly=settings.raster_read_directly,
             default_container=settings.bronze_container,
             default_output_container=settings.silver_container,
             max_tasks_per_stage=settings.max_tasks_per_stage,
@@ -264,6 +266,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             BlobRef(params.output_container, tile_blob(params.blob_name, ctx.task_key, params.output_key)),
             self.cog_options(params, metadata),
             conversion_slots=self._conversion_slots,
+            read_directly=self._options.read_directly,
         )
         # Replaced while GDAL read it (every read is uncached, see BlobStorage.gdal_options): the
         # committed tile may mix versions, and the job fails saying so.

@@ -233,6 +233,7 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
                 output,
                 self.cog_options(params, metadata),
                 conversion_slots=threading.Semaphore(1),  # this task holds the process's slot
+                read_directly=self._options.read_directly,
             )
             etag = self._storage.properties(params.container, name).etag
         except PermanentTaskError as exc:

@@ -156,6 +156,7 @@ var appSettings = {
   RASTER_WORKER_BASELINE_BYTES: '335544320'
   GDAL_THREADS: '2'
   RASTER_CONVERSIONS_PER_PROCESS: '1'
+  RASTER_READ_DIRECTLY: 'false'
   MAX_TASKS_PER_STAGE: '10000'
   LOG_LEVEL: logLevel
   // Telemetry, sent with the identity's Entra token (Application Insights local auth is off).

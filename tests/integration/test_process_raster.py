@@ -338,3 +338,28 @@ def test_a_dot_in_the_collection_id_keeps_the_catalog_in_its_own_folder(
     for ref in status["result"]["outputs"]["stac_items"]:
         assert ref["blob"].startswith(f"stac/{collection_id}/")
         assert stac_errors(json.loads(storage.download_range("silver", ref["blob"]))) == []
+
+
+def test_with_raster_read_directly_the_cog_stage_reads_the_blob_without_staging(
+    settings: Settings, storage: BlobStorage, run_id: str, tmp_path: Path
+) -> None:
+    """RASTER_READ_DIRECTLY: the cog tasks convert straight from the blob (no local staging copy),
+    and the COG has the source's pixels."""
+    from tests.support.engine import make_container
+
+    source = rasters.uint16_multiband(tmp_path / "direct.tif")
+    blob = f"it-{run_id}/direct/rgb.tif"
+    storage.upload_file("bronze", blob, source, content_type="image/tiff")
+    direct = make_container(settings.model_copy(update={"raster_read_directly": True}))
+    try:
+        [status] = run_jobs(direct, [{"blob_name": blob}])
+    finally:
+        direct.close()
+    assert status["status"] == "completed", status["error"]
+    staged = sql(
+        settings, "SELECT result -> 'staged_because' FROM tasks WHERE job_id = %s AND stage = 3", (status["job_id"],)
+    )
+    assert staged == [(None,)]  # JSON null: read directly
+    cog = download(storage, status["result"]["outputs"]["cogs"][0], tmp_path / "out.tif")
+    with rasterio.open(source) as src, rasterio.open(cog) as out:
+        assert np.array_equal(src.read(), out.read())
