@@ -5,6 +5,8 @@ delivery of a finished or live-leased task does nothing. Outcomes, by error cate
 (services/engine/error_classification.py):
 - success → ``finish_task(completed)``; if that closed the stage, the next stage is queued;
 - permanent → the task fails at once;
+- unclassified (an exception nothing recognises) → the task fails at once with an internal-error
+  reason, and the traceback is logged at ERROR: a bug to classify, never retried;
 - transient / throttling → retried with backoff (and Retry-After) through a new, delayed message
   written to the outbox while the current message completes, until the job type's attempt limit.
 If Postgres is unavailable the message is deferred (services/engine/deferral.py).
