@@ -42,9 +42,9 @@ from controllers.export_geoparquet_parameters import (
     output_blob,
     part_blob,
 )
-from controllers.process_raster_parameters import unquoted_etag
+from controllers.source_version import pin_source_etag
 from controllers.vector_job import VectorJobController
-from schemas.errors import ConflictError, PermanentTaskError
+from schemas.errors import PermanentTaskError
 from services.engine import JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.memory import release_free_memory, track_peak_rss
 from services.vector import geoparquet_postgis as tables
@@ -77,16 +77,7 @@ class ExportGeoParquetController(VectorJobController[ExportGeoParquetParameters]
         """Pin the source's version: a vector file's etag, or the table's (file node and change
         counters): a changed source is a new job. A caller's own etag must match (409)."""
         if params.source_blob is not None:
-            try:
-                current: str | None = unquoted_etag(self._storage.properties(params.container, params.source_blob).etag)
-            except PermanentTaskError:
-                current = None
-            if params.source_etag is not None and params.source_etag != current:
-                now = f"its etag is {current}" if current else "it does not exist"
-                message = f"{params.container}/{params.source_blob} is not version {params.source_etag}: {now}"
-                raise ConflictError(
-                    "the source is not the version asked for", details=[{"field": "source_etag", "message": message}]
-                )
+            current = pin_source_etag(self._storage, params.container, params.source_blob, params.source_etag)
             return params.model_copy(update={"source_etag": current})
         if params.source_version is not None:
             return params

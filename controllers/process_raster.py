@@ -37,9 +37,10 @@ from typing import Any
 from controllers.collection_ownership import CollectionOwnership, Owner
 from controllers.container_defaults import with_default_containers
 from controllers.process_raster_parameters import ProcessRasterParameters, output_options, unquoted_etag
+from controllers.source_version import pin_source_etag
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
-from schemas.errors import ConflictError, InvalidRequestError, PermanentTaskError
+from schemas.errors import InvalidRequestError, PermanentTaskError
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.cog import (
@@ -174,16 +175,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         fails in its validate stage with the reason, like any other bad input. A caller's own
         ``source_etag`` must be the current one (409 naming the field otherwise). Storage outages
         propagate (503)."""
-        try:
-            current: str | None = unquoted_etag(self._storage.properties(params.container, params.blob_name).etag)
-        except PermanentTaskError:
-            current = None
-        if params.source_etag is not None and params.source_etag != current:
-            now = f"its etag is {current}" if current else "it does not exist"
-            message = f"{params.container}/{params.blob_name} is not version {params.source_etag}: {now}"
-            raise ConflictError(
-                "the source is not the version asked for", details=[{"field": "source_etag", "message": message}]
-            )
+        current = pin_source_etag(self._storage, params.container, params.blob_name, params.source_etag)
         if params.pgstac and not self.pgstac_enabled:
             raise InvalidRequestError(
                 "pgstac is not enabled", details=[{"field": "pgstac", "message": "needs PGSTAC_ENABLED"}]

@@ -27,10 +27,10 @@ from typing import Any
 
 import psycopg
 
-from controllers.process_raster_parameters import unquoted_etag
+from controllers.source_version import pin_source_etag
 from controllers.stage_vector_parameters import StageVectorParameters, feature_ranges, swap_parameters, table_summary
 from controllers.vector_job import VectorJobController
-from schemas.errors import ConflictError, PermanentTaskError
+from schemas.errors import PermanentTaskError
 from services.engine import JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.raster.memory import track_peak_rss
 from services.vector import postgis
@@ -64,16 +64,7 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
         """Record the source's etag (a replaced file is a new job); a caller's own must match (409)."""
         if params.blob_name is None:
             return params  # a prefix: each file's etag is recorded by the inspect stage
-        try:
-            current: str | None = unquoted_etag(self._storage.properties(params.container, params.blob_name).etag)
-        except PermanentTaskError:
-            current = None
-        if params.source_etag is not None and params.source_etag != current:
-            now = f"its etag is {current}" if current else "it does not exist"
-            message = f"{params.container}/{params.blob_name} is not version {params.source_etag}: {now}"
-            raise ConflictError(
-                "the source is not the version asked for", details=[{"field": "source_etag", "message": message}]
-            )
+        current = pin_source_etag(self._storage, params.container, params.blob_name, params.source_etag)
         return params.model_copy(update={"source_etag": current})
 
     def _source(self, params: StageVectorParameters, blob_name: str, etag: str | None) -> LocalSource:
