@@ -148,11 +148,16 @@ def test_spans_logs_and_metrics_of_a_job_reach_application_insights(
     assert any("process_" in base_data(e)["name"] for e in consumers), [base_data(e)["name"] for e in consumers]
 
     # The failing task: a failed handler span per attempt, with its error category.
-    failed = wait_until(
-        lambda: [e for e in handler_spans(ingestion, failing_job, "hello_world") if base_data(e)["success"] is False],
-        "failed handler spans",
+    # The exporter sends in batches: the second attempt's span may arrive after the first's, so wait for both.
+    def failed_spans() -> list[dict[str, Any]]:
+        return [e for e in handler_spans(ingestion, failing_job, "hello_world") if base_data(e)["success"] is False]
+
+    wait_until(
+        lambda: {str(properties(e)["attempt"]) for e in failed_spans()} >= {"1", "2"},
+        "failed handler spans of attempts 1 and 2",
         ingestion,
     )
+    failed = failed_spans()
     assert {str(properties(e)["attempt"]) for e in failed} == {"1", "2"}
     assert all(properties(e).get("error_category") for e in failed)
 
@@ -181,14 +186,12 @@ def test_spans_logs_and_metrics_of_a_job_reach_application_insights(
     assert claimed and all(properties(m).get("task_id") and properties(m).get("job_id") for m in claimed)
 
     # Metrics: tasks completed by job type, failed and retried with their category.
-    completed = wait_until(
-        lambda: [
-            p for p in metric_points(ingestion, "geoetl.tasks.completed") if p[1].get("job_type") == "hello_world"
-        ],
-        "geoetl.tasks.completed",
-        ingestion,
-    )
-    assert sum(value for value, _ in completed) >= 4
+    def completed_points() -> list[tuple[float, dict[str, Any]]]:
+        return [p for p in metric_points(ingestion, "geoetl.tasks.completed") if p[1].get("job_type") == "hello_world"]
+
+    # Metrics are exported on a timer: wait until the four completions have been sent, not just the first.
+    wait_until(lambda: sum(value for value, _ in completed_points()) >= 4, "four geoetl.tasks.completed", ingestion)
+    assert sum(value for value, _ in completed_points()) >= 4
     failed_points = wait_until(
         lambda: metric_points(ingestion, "geoetl.tasks.failed"), "geoetl.tasks.failed", ingestion
     )
