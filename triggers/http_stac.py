@@ -16,6 +16,7 @@ from triggers.http_input import check_text, read_json_body, route_text
 from triggers.http_responses import json_api
 
 GEOJSON = "application/geo+json"
+SCHEMA_JSON = "application/schema+json"
 
 
 def stac_base(req: func.HttpRequest) -> tuple[str, str]:
@@ -67,6 +68,19 @@ def create_blueprint(container: ServiceContainer) -> func.Blueprint:
     @api
     def stac_collection(req: func.HttpRequest) -> func.HttpResponse:
         return respond(stac().collection(stac_base(req)[0], route_text(req, "collection_id")))
+
+    @bp.function_name("stac_queryables")
+    @bp.route(route="stac/queryables", methods=["GET"], auth_level=auth)
+    @api
+    def stac_queryables(req: func.HttpRequest) -> func.HttpResponse:
+        return respond(stac().queryables(stac_base(req)[0]), SCHEMA_JSON)
+
+    @bp.function_name("stac_collection_queryables")
+    @bp.route(route="stac/collections/{collection_id}/queryables", methods=["GET"], auth_level=auth)
+    @api
+    def stac_collection_queryables(req: func.HttpRequest) -> func.HttpResponse:
+        found = stac().queryables(stac_base(req)[0], route_text(req, "collection_id"))
+        return respond(found, SCHEMA_JSON)
 
     @bp.function_name("stac_items")
     @bp.route(route="stac/collections/{collection_id}/items", methods=["GET"], auth_level=auth)

@@ -172,6 +172,13 @@ def operation_docs(limits: ApiLimits) -> dict[str, OperationDoc]:
             "meta",
             {200: Body("The OpenAPI 3.1 document.", content={JSON: {"type": "object"}})},
         ),
+        "api_docs": OperationDoc(
+            "docs",
+            "GET",
+            "This document as an HTML page (the STAC API's service-doc)",
+            "meta",
+            {200: Body("The page.", content={"text/html": {"type": "string"}})},
+        ),
         "list_queues": OperationDoc(
             "queues",
             "GET",

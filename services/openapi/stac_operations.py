@@ -10,6 +10,21 @@ _GEOJSON = {"application/geo+json": _OBJECT}
 _COLLECTION_ID = Param("collection_id", "path", text_schema(128, minLength=1), "A STAC collection id.")
 _ITEM_ID = Param("item_id", "path", text_schema(minLength=1), "A STAC item id.")
 _TAG = "stac"
+_SCHEMA_JSON = {"application/schema+json": _OBJECT}
+_CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
+
+
+def _filtering(default_lang: str = "cql2-text") -> tuple[Param, ...]:
+    return (
+        Param("filter", "query", text_schema(), f"A CQL2 filter, in filter-lang (default {default_lang})."),
+        Param(
+            "filter-lang",
+            "query",
+            {"type": "string", "enum": ["cql2-text", "cql2-json"]},
+            "The filter's language: cql2-text (default) or cql2-json (JSON text).",
+        ),
+        Param("filter-crs", "query", {"type": "string", "enum": [_CRS84]}, "Only CRS84 (the default)."),
+    )
 
 
 def _paging(max_limit: int) -> tuple[Param, ...]:
@@ -28,8 +43,7 @@ def stac_operation_docs(max_limit: int = 1000) -> dict[str, OperationDoc]:
         Param("collections", "query", text_schema(), "Comma-separated collection ids."),
         Param("intersects", "query", text_schema(), "A GeoJSON geometry (JSON text)."),
         Param("sortby", "query", text_schema(), "Comma-separated fields, '-' for descending."),
-        Param("filter", "query", text_schema(), "A CQL2 JSON filter (JSON text), as pgstac supports it."),
-        Param("filter-lang", "query", {"type": "string", "enum": ["cql2-json"]}, "Only cql2-json."),
+        *_filtering("cql2-text"),
     )
     return {
         "stac_landing": OperationDoc(
@@ -67,7 +81,24 @@ def stac_operation_docs(max_limit: int = 1000) -> dict[str, OperationDoc]:
             _TAG,
             {200: Body("A page of items (FeatureCollection) with next/prev links.", content=_GEOJSON)},
             (400, 404, 503),
-            (_COLLECTION_ID, *_paging(max_limit)),
+            (_COLLECTION_ID, *_paging(max_limit), *_filtering("cql2-text")),
+        ),
+        "stac_queryables": OperationDoc(
+            "stac/queryables",
+            "GET",
+            "Properties a filter can use, of all collections (pgstac get_queryables())",
+            _TAG,
+            {200: Body("A JSON schema of the queryable properties.", content=_SCHEMA_JSON)},
+            (404, 503),
+        ),
+        "stac_collection_queryables": OperationDoc(
+            "stac/collections/{collection_id}/queryables",
+            "GET",
+            "Properties a filter can use, of one collection (pgstac get_queryables())",
+            _TAG,
+            {200: Body("A JSON schema of the queryable properties.", content=_SCHEMA_JSON)},
+            (400, 404, 503),
+            (_COLLECTION_ID,),
         ),
         "stac_item": OperationDoc(
             "stac/collections/{collection_id}/items/{item_id}",
@@ -99,6 +130,6 @@ def stac_operation_docs(max_limit: int = 1000) -> dict[str, OperationDoc]:
             },
             (400, 404, 413, 503),
             description="Body: bbox, intersects, datetime, ids, collections, limit, token, sortby, fields and a "
-            "CQL2 JSON `filter` (filter-lang cql2-json).",
+            "CQL2 `filter` with `filter-lang` (cql2-json, the default, or cql2-text) and `filter-crs` (CRS84 only).",
         ),
     }

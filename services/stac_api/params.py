@@ -130,7 +130,8 @@ def parse_sortby(value: Any) -> list[dict[str, str]]:
 
 
 def search_body(raw: Mapping[str, Any], max_limit: int, *, from_query: bool) -> dict[str, Any]:
-    """The pgstac search JSON of a request's parameters (GET query values are strings)."""
+    """The pgstac search JSON of a request's parameters (GET query values are strings), all but
+    the filter, which ``services.stac_api.filter.parse_filter`` adds."""
     body: dict[str, Any] = {"limit": parse_limit(raw.get("limit", DEFAULT_LIMIT), max_limit)}
     if raw.get("bbox") not in (None, "") and raw.get("intersects") not in (None, ""):
         raise bad("intersects", "give bbox or intersects, not both")
@@ -152,19 +153,10 @@ def search_body(raw: Mapping[str, Any], max_limit: int, *, from_query: bool) -> 
 
 
 def _extensions(raw: Mapping[str, Any], from_query: bool) -> dict[str, Any]:
-    """sortby, filter (CQL2 JSON) and fields."""
+    """sortby and fields (the filter: services/stac_api/filter.py)."""
     body: dict[str, Any] = {}
     if raw.get("sortby") not in (None, ""):
         body["sortby"] = parse_sortby(raw["sortby"])
-    if raw.get("filter") not in (None, ""):
-        lang = raw.get("filter-lang") or "cql2-json"
-        if lang != "cql2-json":
-            raise bad("filter-lang", "only cql2-json is supported")
-        cql = parse_json("filter", raw["filter"])
-        if not isinstance(cql, dict):
-            raise bad("filter", "a CQL2 JSON expression")
-        body["filter"] = cql
-        body["filter-lang"] = "cql2-json"
     if not from_query and raw.get("fields") is not None:
         if not isinstance(raw["fields"], dict):
             raise bad("fields", "an object with include and exclude lists")

@@ -1,8 +1,9 @@
-"""The STAC API (core, collections, OGC API features, item search) over pgstac's own SQL functions:
-``search()`` for items (also a collection's items), ``collection_search()``, ``get_collection()``
-and ``get_item()``. A light layer: it checks parameters, calls one function per request in one
-read-only transaction, and replaces pgstac's relative links with absolute ones built from the
-request's base URL (``…/api/stac``), so they are right behind the Functions route prefix.
+"""The STAC API (core, collections, OGC API features, item search, filter) over pgstac's own SQL
+functions: ``search()`` for items (also a collection's items, CQL2 filters included),
+``collection_search()``, ``get_collection()``, ``get_item()`` and ``get_queryables()``. A light
+layer: it checks parameters, calls one function per request in one read-only transaction, and
+replaces pgstac's relative links with absolute ones built from the request's base URL
+(``…/api/stac``), so they are right behind the Functions route prefix.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from psycopg.types.json import Jsonb
 from pypgstac.hydration import hydrate
 
 from repositories.database import Database
-from schemas.errors import NotFoundError
+from schemas.errors import DatabaseUnavailableError, NotFoundError, RepositoryError, TransactionConflictError
 from services.stac.builder import collection_id_problem
+from services.stac_api.filter import CQL2_JSON, CQL2_TEXT, filter_refusal, parse_filter
 from services.stac_api.params import bad, parse_bbox, parse_datetime, parse_limit, search_body
 
 STAC_VERSION = "1.1.0"
@@ -32,8 +34,23 @@ CONFORMANCE = (
     "https://api.stacspec.org/v1.0.0/item-search",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
     "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+    # the filter extension (services/stac_api/filter.py): CQL2 text and JSON on /search and on a
+    # collection's /items, checked with stac-api-validator --conformance filter
+    "https://api.stacspec.org/v1.0.0-rc.2/item-search#filter",
+    "https://api.stacspec.org/v1.0.0-rc.2/ogcapi-features#filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/filter",
+    "http://www.opengis.net/spec/ogcapi-features-3/1.0/conf/features-filter",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text",
+    "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+    "http://www.opengis.net/spec/cql2/1.0/conf/advanced-comparison-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/basic-spatial-operators",
+    "http://www.opengis.net/spec/cql2/1.0/conf/temporal-operators",
 )
-ITEMS_QUERY = ("limit", "bbox", "datetime", "token")
+ITEMS_QUERY = ("limit", "bbox", "datetime", "token", "filter", "filter-lang", "filter-crs")
+QUERYABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+SCHEMA_JSON = "application/schema+json"
+HTML = "text/html"
 
 
 def link(rel: str, href: str, media_type: str = JSON_TYPE, **extra: Any) -> dict[str, Any]:
@@ -67,11 +84,15 @@ class StacApi:
     @contextmanager
     def _session(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
         """One transaction: pgstac first on the search path, and pgstac's ``readonly`` (search()
-        then records nothing in its ``searches`` table), both for this transaction only."""
+        then records nothing in its ``searches`` table), all for this transaction only. No parallel
+        workers and no JIT: once the partitions have statistics the planner picks a parallel plan
+        for a page of items, and starting its workers costs some 50 ms on a query that runs in
+        under one (bench/README.md); JIT compiling would cost as much on a large collection."""
         with self._db.connection() as conn, conn.transaction():
             cur = conn.cursor(row_factory=tuple_row)
             cur.execute(
-                "SELECT set_config('search_path', 'pgstac, public', true), set_config('pgstac.readonly', 'true', true)"
+                "SELECT set_config('search_path', 'pgstac, public', true), set_config('pgstac.readonly', 'true', true),"
+                " set_config('max_parallel_workers_per_gather', '0', true), set_config('jit', 'off', true)"
             )
             yield cur
 
@@ -108,6 +129,8 @@ class StacApi:
                 link("search", f"{base}/search", GEOJSON, method="GET"),
                 link("search", f"{base}/search", GEOJSON, method="POST"),
                 link("service-desc", f"{api_base}/openapi.json"),
+                link("service-doc", f"{api_base}/docs", HTML),
+                link(QUERYABLES_REL, f"{base}/queryables", SCHEMA_JSON),
             ],
         }
 
@@ -119,7 +142,13 @@ class StacApi:
         cid = collection["id"]
         own = [x for x in collection.get("links") or [] if x.get("rel") not in ("self", "root", "parent", "items")]
         url = f"{base}/collections/{quote(str(cid), safe='')}"
-        links = [link("self", url), link("root", base), link("parent", base), link("items", f"{url}/items", GEOJSON)]
+        links = [
+            link("self", url),
+            link("root", base),
+            link("parent", base),
+            link("items", f"{url}/items", GEOJSON),
+            link(QUERYABLES_REL, f"{url}/queryables", SCHEMA_JSON),
+        ]
         return {**collection, "links": links + own}
 
     def _item_links(self, base: str, item: dict[str, Any]) -> dict[str, Any]:
@@ -156,26 +185,47 @@ class StacApi:
             raise NotFoundError(f"no item {item_id} in collection {collection_id}")
         return self._item_links(base, found)
 
+    def queryables(self, base: str, collection_id: str | None = None) -> dict[str, Any]:
+        """pgstac's ``get_queryables()``, of every collection or of one (404 if unknown), as a JSON
+        schema whose ``$id`` is its own URL."""
+        if collection_id is None:
+            url = f"{base}/queryables"
+            found = self._call("get_queryables", None)
+        else:
+            url = f"{base}/collections/{quote(collection_id, safe='')}/queryables"
+            found = None if collection_id_problem(collection_id) else self._call("get_queryables", collection_id)
+            if not found:
+                raise NotFoundError(f"no collection {collection_id}")
+        schema: dict[str, Any] = found or {  # pgstac answers NULL while it holds no collection
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "title": "STAC Queryables.",
+            "properties": {},
+            "additionalProperties": True,
+        }
+        return {**schema, "$id": url}
+
     # --- searches -------------------------------------------------------------------------------
 
     def items(self, base: str, collection_id: str, query: Mapping[str, str]) -> dict[str, Any]:
-        """``/collections/{id}/items``: the collection's items, paged (limit, bbox, datetime, token)."""
+        """``/collections/{id}/items``: the collection's items, paged (limit, bbox, datetime, token,
+        filter)."""
         self.collection(base, collection_id)
         raw = {k: v for k, v in query.items() if k in ITEMS_QUERY}
-        body = search_body(raw, self._max_limit, from_query=True)
+        body = _search_body(raw, self._max_limit, from_query=True)
         body["collections"] = [collection_id]
         page_url = f"{base}/collections/{collection_id}/items"
         return self._search(base, body, page_url, {k: v for k, v in raw.items() if k != "token"}, None)
 
     def search_get(self, base: str, query: Mapping[str, str]) -> dict[str, Any]:
-        body = search_body(query, self._max_limit, from_query=True)
+        body = _search_body(query, self._max_limit, from_query=True)
         kept = {k: v for k, v in query.items() if k not in ("token", "code")}
         return self._search(base, body, f"{base}/search", kept, None)
 
     def search_post(self, base: str, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict):
             raise bad("body", "a JSON object")
-        body = search_body(request, self._max_limit, from_query=False)
+        body = _search_body(request, self._max_limit, from_query=False)
         return self._search(base, body, f"{base}/search", None, {k: v for k, v in request.items() if k != "token"})
 
     def _search(
@@ -186,7 +236,15 @@ class StacApi:
         query: Mapping[str, str] | None,
         post_body: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        found = self._run_search(body)
+        try:
+            found = self._run_search(body)
+        except (DatabaseUnavailableError, TransactionConflictError):
+            raise
+        except RepositoryError as exc:  # pgstac refusing the filter is the request's fault: a 400
+            reason = filter_refusal(exc) if "filter" in body else None
+            if reason is None:
+                raise
+            raise bad("filter", f"pgstac cannot evaluate this filter: {reason}") from exc
         features = [self._item_links(base, f) for f in found.get("features") or []]
         self_href = f"{page_url}?{urlencode(query)}" if query else page_url
         links = [link("self", self_href, GEOJSON), link("root", base)]
@@ -207,6 +265,16 @@ class StacApi:
         if "numberMatched" in found:
             out["numberMatched"] = found["numberMatched"]
         return out
+
+
+def _search_body(raw: Mapping[str, Any], max_limit: int, *, from_query: bool) -> dict[str, Any]:
+    """pgstac's search JSON, the filter (CQL2 text by default in a query, CQL2 JSON in a body) included."""
+    body = search_body(raw, max_limit, from_query=from_query)
+    cql = parse_filter(raw, default_lang=CQL2_TEXT if from_query else CQL2_JSON)
+    if cql is not None:
+        body["filter"] = cql
+        body["filter-lang"] = CQL2_JSON
+    return body
 
 
 __all__ = ["CONFORMANCE", "StacApi", "parse_bbox", "parse_datetime", "parse_limit"]

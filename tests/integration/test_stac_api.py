@@ -1,15 +1,18 @@
 """The STAC API (/api/stac/) on the local host over pgstac, checked with real clients:
-stac-api-validator (core, features, item-search), pystac-client, and paging by next links."""
+stac-api-validator (core, features, item-search, filter), pystac-client, paging by next links, CQL2
+filters (text and JSON) with their exact results, queryables and the service-doc page."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from pystac_client import Client
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.integration
 COLLECTION = "stac-api-test"
 ITEM_COUNT = 37
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CRS84 = "http://www.opengis.net/def/crs/OGC/1.3/CRS84"
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def item(index: int) -> dict[str, Any]:
         "collection": COLLECTION,
         "geometry": {"type": "Polygon", "coordinates": [ring]},
         "bbox": [x, y, x + 0.5, y + 0.5],
-        "properties": {"datetime": f"2022-03-{1 + index % 28:02d}T10:00:00Z"},
+        "properties": {"datetime": f"2022-03-{1 + index % 28:02d}T10:00:00Z", "gsd": float(1 + index % 5)},
         "assets": {"data": {"href": f"https://example.com/{index}.tif", "type": "image/tiff"}},
         "links": [],
     }
@@ -97,7 +101,9 @@ def loaded(host: RunningHost, settings: Settings, tmp_path_factory: pytest.TempP
     return status["result"]["outputs"]
 
 
-def test_stac_api_validator_passes_core_features_and_item_search(host: RunningHost, loaded: dict[str, Any]) -> None:
+def test_stac_api_validator_passes_core_features_item_search_and_filter(
+    host: RunningHost, loaded: dict[str, Any]
+) -> None:
     geometry = json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [10, 0], [10, 4], [0, 4], [0, 0]]]})
     done = subprocess.run(
         [  # stac-api-validator, with the bundled JSON schemas instead of fetched ones
@@ -112,6 +118,8 @@ def test_stac_api_validator_passes_core_features_and_item_search(host: RunningHo
             "features",
             "--conformance",
             "item-search",
+            "--conformance",
+            "filter",
             "--collection",
             COLLECTION,
             "--geometry",
@@ -126,6 +134,9 @@ def test_stac_api_validator_passes_core_features_and_item_search(host: RunningHo
     output = done.stdout + done.stderr
     print(output[-4000:])  # the validator's summary (warnings included), shown with pytest -s
     assert done.returncode == 0 and "Errors: none" in output, output[-6000:]
+    for part in ("CQL2-Text", "CQL2-JSON", "Basic CQL2", "Advanced Comparison Operators", "Temporal Operators"):
+        assert f"Validating STAC API - Item Search - Filter Extension - {part} conformance class" in output, part
+    assert "service-doc" not in output, output[-6000:]  # no "Link[rel=service-doc] should exist" warning
 
 
 def test_pystac_client_finds_the_items_a_process_raster_job_ingested(host: RunningHost, loaded: dict[str, Any]) -> None:
@@ -175,3 +186,121 @@ def test_bad_parameters_are_400_naming_the_parameter(host: RunningHost, loaded: 
         assert code == 400 and body["details"][0]["field"] == name, (query, body)
     code, body = get(f"{host.base_url}/stac/collections/no-such-collection")
     assert code == 404, body
+
+
+def fetch(url: str, body: Any = None) -> tuple[int, str, Any]:
+    """(status, content type, parsed JSON or text) of a GET, or of a POST of ``body`` as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            status, media_type, raw = resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as err:
+        status, media_type, raw = err.code, err.headers.get("Content-Type", ""), err.read()
+    text = raw.decode("utf-8")
+    return status, media_type, json.loads(text) if "json" in media_type else text
+
+
+def search_ids(url: str, body: Any = None) -> set[str]:
+    status, _, page = fetch(url, body)
+    assert status == 200, page
+    assert "next" not in {link["rel"] for link in page["links"]}, "the test expects one page"
+    return {f["id"] for f in page["features"]}
+
+
+def synthetic(indices: Any) -> set[str]:
+    return {f"item-{i:03d}" for i in indices}
+
+
+def test_cql2_text_and_json_filters_return_exactly_the_matching_items(
+    host: RunningHost, loaded: dict[str, Any]
+) -> None:
+    search = f"{host.base_url}/stac/search"
+    late = "collection = 'stac-api-test' AND datetime >= TIMESTAMP('2022-03-20T00:00:00Z')"
+    expected_late = synthetic(i for i in range(ITEM_COUNT) if 1 + i % 28 >= 20)
+    assert search_ids(f"{search}?limit=100&{urlencode({'filter': late})}") == expected_late  # GET: cql2-text default
+    late_json = {
+        "op": "and",
+        "args": [
+            {"op": "=", "args": [{"property": "collection"}, COLLECTION]},
+            {"op": ">=", "args": [{"property": "datetime"}, {"timestamp": "2022-03-20T00:00:00Z"}]},
+        ],
+    }
+    assert search_ids(search, {"limit": 100, "filter": late_json}) == expected_late  # POST: cql2-json default
+    query = urlencode({"filter": json.dumps(late_json), "filter-lang": "cql2-json"})
+    assert search_ids(f"{search}?limit=100&{query}") == expected_late
+    assert search_ids(search, {"limit": 100, "filter": late, "filter-lang": "cql2-text"}) == expected_late
+    box = "POLYGON((2.2 1.2, 3.2 1.2, 3.2 2.2, 2.2 2.2, 2.2 1.2))"  # touches items 12, 13, 22 and 23
+    # Restricted to this test's collection: other modules of the session load items into the same pgstac.
+    spatial = urlencode({"filter": f"S_INTERSECTS(geometry, {box})", "filter-crs": CRS84, "collections": COLLECTION})
+    assert search_ids(f"{search}?limit=100&{spatial}") == synthetic((12, 13, 22, 23))
+    gsd = synthetic(i for i in range(ITEM_COUNT) if 1 + i % 5 == 2)
+    items_url = f"{host.base_url}/stac/collections/{COLLECTION}/items?limit=100"
+    assert search_ids(f"{items_url}&{urlencode({'filter': 'gsd = 2'})}") == gsd
+    seen: list[str] = []  # the next links keep the filter: 8 matching items in pages of 3
+    url: str | None = f"{host.base_url}/stac/collections/{COLLECTION}/items?limit=3&{urlencode({'filter': 'gsd = 2'})}"
+    while url:
+        _, _, page = fetch(url)
+        seen += [f["id"] for f in page["features"]]
+        url = next((link["href"] for link in page["links"] if link["rel"] == "next"), None)
+    assert len(seen) == len(gsd) and set(seen) == gsd
+    paged = Client.open(f"{host.base_url}/stac").search(
+        filter="gsd = 2", filter_lang="cql2-text", method="POST", limit=3
+    )
+    assert sorted(i.id for i in paged.items()) == sorted(gsd)  # POST next links carry the filter in the body
+    between = {"op": "between", "args": [{"property": "gsd"}, 2, 3]}
+    assert search_ids(search, {"limit": 100, "collections": [COLLECTION], "filter": between}) == synthetic(
+        i for i in range(ITEM_COUNT) if 2 <= 1 + i % 5 <= 3
+    )
+    # over both collections of this test, process_raster's items are the only ones in EPSG:32633 and before 2022
+    written = {ref["blob"].rsplit("/", 1)[-1].removesuffix(".json") for ref in loaded["stac_items"]}
+    raster_collection = loaded["pgstac"]["collection"]
+    client = Client.open(f"{host.base_url}/stac")
+    for method, lang, cql in (
+        ("GET", "cql2-text", "proj:code = 'EPSG:32633'"),
+        ("POST", "cql2-json", {"op": "<", "args": [{"property": "datetime"}, {"timestamp": "2022-01-01T00:00:00Z"}]}),
+    ):
+        found = client.search(
+            collections=[raster_collection, COLLECTION], filter=cql, filter_lang=lang, method=method, max_items=100
+        )
+        assert {i.id for i in found.items()} == written, (method, cql)
+
+
+def test_bad_filters_are_400_naming_the_field(host: RunningHost, loaded: dict[str, Any]) -> None:
+    search = f"{host.base_url}/stac/search"
+    items_url = f"{host.base_url}/stac/collections/{COLLECTION}/items"
+    for url, body, field in (
+        (f"{search}?{urlencode({'filter': 'gsd ==== 2'})}", None, "filter"),
+        (f"{items_url}?{urlencode({'filter': 'gsd = 2 AND'})}", None, "filter"),
+        (f"{search}?{urlencode({'filter': 'gsd = 2', 'filter-lang': 'cql-text'})}", None, "filter-lang"),
+        (f"{search}?{urlencode({'filter': 'gsd = 2', 'filter-crs': 'EPSG:4326'})}", None, "filter-crs"),
+        (search, {"filter": {"op": "=", "args": 2}}, "filter"),
+        (search, {"filter": "gsd = 2"}, "filter"),  # a POST filter is cql2-json unless filter-lang says otherwise
+        # valid CQL2 that pgstac refuses in SQL: a number compared with a timestamp, an unknown function
+        (f"{search}?{urlencode({'filter': 'datetime > 5'})}", None, "filter"),
+        (search, {"filter": {"op": "nosuchfunction", "args": [{"property": "gsd"}]}}, "filter"),
+    ):
+        status, _, answer = fetch(url, body)
+        assert status == 400 and answer["details"][0]["field"] == field, (url, body, answer)
+
+
+def test_queryables_landing_links_and_the_service_doc_page(host: RunningHost, loaded: dict[str, Any]) -> None:
+    base = f"{host.base_url}/stac"
+    status, media_type, queryables = fetch(f"{base}/queryables")
+    assert status == 200 and media_type.startswith("application/schema+json"), (status, media_type)
+    assert queryables["$id"] == f"{base}/queryables" and queryables["type"] == "object"
+    assert {"id", "datetime", "geometry"} <= set(queryables["properties"])
+    status, media_type, own = fetch(f"{base}/collections/{COLLECTION}/queryables")
+    assert status == 200 and media_type.startswith("application/schema+json") and own["type"] == "object"
+    assert own["$id"] == f"{base}/collections/{COLLECTION}/queryables"
+    status, _, missing = fetch(f"{base}/collections/no-such-collection/queryables")
+    assert status == 404, missing
+    _, _, landing = fetch(base)
+    rels = {link["rel"]: link for link in landing["links"]}
+    assert rels["http://www.opengis.net/def/rel/ogc/1.0/queryables"]["href"] == f"{base}/queryables"
+    assert rels["service-doc"]["type"] == "text/html"
+    _, _, collection = fetch(f"{base}/collections/{COLLECTION}")
+    assert f"{base}/collections/{COLLECTION}/queryables" in {link["href"] for link in collection["links"]}
+    status, media_type, page = fetch(rels["service-doc"]["href"])
+    assert status == 200 and media_type.startswith("text/html"), (status, media_type)
+    assert "/stac/search" in page and "/stac/queryables" in page and "filter-lang" in page and "<script" not in page

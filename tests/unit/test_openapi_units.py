@@ -35,7 +35,7 @@ from triggers.http_responses import STATUS_CODES
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SECRET_KEY = "c2VjcmV0LWtleS1vZi10aGUtdGVzdA=="
 SECRET_PASSWORD = "pw-not-in-the-document-9f3e"
-ANONYMOUS = {"health", "health_live", "openapi_document", "dashboard_static"}
+ANONYMOUS = {"health", "health_live", "openapi_document", "api_docs", "dashboard_static"}
 
 PROBE = """
 import json, sys
