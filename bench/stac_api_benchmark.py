@@ -14,8 +14,10 @@ the local host with ``--workers`` workers, PGSTAC_ENABLED and STAC_API_ANONYMOUS
    ``bench-geoetl-<run>``, submitted over HTTP and polled to its end: items/s over submit →
    completed, and over the item load stage alone. Steps 2 and 3 alternate ``--repeat`` times (the
    development machine is shared: medians are compared).
-4. ``--clients`` threads each send ``--requests`` searches (GET and POST /api/stac/search with a
-   random bbox, a datetime interval and limit 10, on run 0's collections): latency p50/p95/p99.
+4. ``ANALYZE pgstac.items`` (as autovacuum would soon after the loads), then ``--clients`` threads
+   each send ``--requests`` searches (GET and POST /api/stac/search with a random bbox, a datetime
+   interval and limit 10, on run 0's collections): latency p50/p95/p99, and CPU ms per request of
+   the host's workers, the database's backends and the rest of the machine.
 
 Targets (issue 15): ingest_stac items/s ≥ 0.9 x pypgstac's; search p99 ≤ 100 ms at 10 clients.
 Writes bench/out/stac-api-benchmark-<UTC>.json.
@@ -36,6 +38,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from bench import common, measure
 from bench.cog_benchmark import job_tasks
@@ -133,6 +137,7 @@ def run_ingest(
         for n, stage in ((1, "list"), (2, "collections"), (3, "items"))
     }
     load_s = max(parse_time(t["completed_at"]) for t in loads) - min(parse_time(t["started_at"]) for t in loads)
+    last_task = max(parse_time(t["completed_at"]) for t in tasks)
     return {
         "seconds": round(seconds, 2),
         "items": job["result"]["items"],
@@ -141,7 +146,30 @@ def run_ingest(
         "load_stage_items_per_second": round(count / load_s),
         "load_tasks": len(loads),
         "timeline_s": timeline,
+        # submit → first task started (the jobs queue's polling, up to maxPollingInterval) and last
+        # task done → job completed: the engine's share of the end-to-end time
+        "queued_s": round(t0 - parse_time(job["created_at"]), 2),
+        "finalize_s": round(parse_time(job["completed_at"]) - last_task, 2),
+        "load_tasks_s": sorted(
+            [round(parse_time(t["started_at"]) - t0, 2), round(parse_time(t["completed_at"]) - t0, 2)] for t in loads
+        ),
     }
+
+
+def analyze_items(stack: common.Stack) -> None:
+    """Statistics on the item partitions, as autovacuum gathers them soon after a load: searched
+    before or after autovacuum's ANALYZE, the planner picks other plans (a parallel one, with stats)."""
+    with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
+        conn.execute("ANALYZE pgstac.items")
+
+
+def stack_backends(stack: common.Stack) -> list[int]:
+    """Postgres backends of the benchmark's database (the host's pools), whose CPU the search costs."""
+    with psycopg.connect(stack.conninfo(), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [int(row[0]) for row in rows]
 
 
 def search_latency(base: str, clients: int, requests: int) -> dict[str, Any]:
@@ -198,6 +226,20 @@ def search_latency(base: str, clients: int, requests: int) -> dict[str, Any]:
     }
 
 
+def measure_search(stack: common.Stack, host: common.HostProcess, clients: int, requests: int) -> dict[str, Any]:
+    """Search latency on analysed items, with the CPU milliseconds per request of the host's workers,
+    of the database's backends and of the rest of the machine (other people's work included)."""
+    analyze_items(stack)
+    groups = {"host_workers": lambda: common.worker_pids(host), "postgres": lambda: stack_backends(stack)}
+    cpu = measure.CpuAccount(groups)
+    cpu.start()
+    search = search_latency(f"{host.base_url}/api/stac", clients, requests)
+    used = cpu.stop()
+    count = max(1, search["requests"])
+    search["cpu_ms_per_request"] = {name: round(seconds * 1000 / count, 2) for name, seconds in used.items()}
+    return search
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=50_000)
@@ -228,7 +270,7 @@ def main() -> None:
                         )
                     )
                     common.log(f"ingest_stac: {runs[-1]}")
-                search = search_latency(f"{host.base_url}/api/stac", args.clients, args.requests)
+                search = measure_search(stack, host, args.clients, args.requests)
                 common.log(f"search: {search}")
     baseline = {"runs": baselines, "items_per_second": statistics.median(b["items_per_second"] for b in baselines)}
     ours = {

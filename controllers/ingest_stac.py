@@ -30,6 +30,7 @@ from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings
 from services.engine import JobController, JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
 from services.inventory.chunks import BlobPrefix, ChunkStore, chunk_keys, iter_listing
 from services.inventory.chunks import ListingParameters as _Listing
+from services.stac.item_formatting import gc_paused, preparing_items
 from services.stac.pgstac_loader import (
     ITEM_LINES_SUFFIXES,
     ItemBatch,
@@ -145,14 +146,17 @@ class IngestStacController(JobController[IngestStacParameters]):
         params = ctx.job_parameters
         batch = ItemBatch()
         docs: list[dict[str, Any]] = []
-        for name, url, found in read_documents(self._storage, params.container, names):
-            for doc in found:
-                if not collections:
-                    batch.add(name, doc, url)
-                elif doc.get("type") == "Collection":
-                    docs.append(standalone(doc, url))
-                else:
-                    batch.skip(f"{name}: type {doc.get('type')!r} is not a collection")
+        with gc_paused():  # downloaded and parsed 16 blobs at a time, not under the preparation slot
+            documents = list(read_documents(self._storage, params.container, names))
+        with preparing_items():  # CPU-bound, one chunk at a time per process (item_formatting)
+            for name, url, found in documents:
+                for doc in found:
+                    if not collections:
+                        batch.add(name, doc, url)
+                    elif doc.get("type") == "Collection":
+                        docs.append(standalone(doc, url))
+                    else:
+                        batch.skip(f"{name}: type {doc.get('type')!r} is not a collection")
         with pgstac_transaction(self._db) as conn:
             repo = EngineRepository(conn)
             row = repo.get_blob_chunk(ctx.job_id, ctx.task_key)

@@ -34,6 +34,7 @@ from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from repositories.pgstac_migrator import one_connection
 from schemas.errors import PermanentTaskError
+from services.stac.item_formatting import format_items, preparing_items
 
 if TYPE_CHECKING:  # pypgstac.load is imported on first use (its imports take about 0.3 s)
     from pypgstac.load import Loader, Methods
@@ -46,7 +47,9 @@ MAX_LISTED_SKIPS = 20
 
 
 def _is_relative(href: str) -> bool:
-    return not urlsplit(href).scheme and not href.startswith("/")
+    if href.startswith(("https://", "http://", "/")):  # the common cases, without urlsplit's cost
+        return False
+    return not urlsplit(href).scheme
 
 
 def standalone(document: Mapping[str, Any], url: str, collection_id: str | None = None) -> dict[str, Any]:
@@ -200,10 +203,13 @@ def load_items(conn: psycopg.Connection[Any], items: list[dict[str, Any]], mode:
 
 def _load_items(conn: psycopg.Connection[Any], loader: Loader, items: list[dict[str, Any]], method: Methods) -> None:
     """``Loader.load_items`` in two steps: the CPU-bound formatting (dehydration against the
-    collection's base item) before the collection lock, so the tasks of a job do it in parallel; the
-    partition bookkeeping and COPY under it (pypgstac 0.10's own steps, ``_partition_update`` included)."""
+    collection's base item; ``format_items``, in the process's preparation slot) before the
+    collection lock, so the tasks of a job in other processes do it in parallel and a task's COPY
+    overlaps the next one's formatting; the partition bookkeeping and COPY under it (pypgstac 0.10's
+    own steps, ``_partition_update`` included)."""
     loader.check_version()
-    formatted = [loader.format_item(item) for item in items]
+    with preparing_items():
+        formatted = format_items(loader, items)
     lock_collections(conn, (str(i["collection"]) for i in items))
     loader._partition_cache = {}
     for item in formatted:
