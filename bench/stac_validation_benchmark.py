@@ -1,6 +1,6 @@
 """STAC validation micro benchmark: objects/s of validate_stac's checks vs pystac's validation.
 
-Run: ``.venv/bin/python -m bench.stac_validation_benchmark [--items 2000] [--pystac-items 300]``
+Run: ``.venv/bin/python -m bench.stac_validation_benchmark [--items 2000] [--pystac-items 300] [--stack N]``
 
 In process, no stack: ``--items`` Items like process_raster's (projection, raster and file extensions,
 a densified footprint, a data asset with file:size and file:checksum) built with
@@ -15,11 +15,11 @@ services/stac/builder.py from a small GeoTIFF, serialised to JSON bytes. Measure
 4. ``pystac``: parse + ``pystac.validation.validate_dict`` (its schema cache filled from the bundled
    schemas first, so nothing is fetched).
 
-With ``--stack N`` it also runs the job itself: a private Azurite + database (bench/common.py), N such
-Items with their collection and a small asset blob each (correct file:size and file:checksum) uploaded to
-silver, the local Functions host (1 worker) runs validate_stac with chunk_size N (one validate task), and
-the task's own figures are printed: objects/s over the whole task (downloads, listings, checks,
-checksum downloads) and for the checks alone.
+With ``--stack N [--repeat R]`` it also runs validate_stac on a private Azurite + database
+(bench/common.py) over N such Items, each with its own small asset blob (correct file:size and
+file:checksum), R rounds alternating: the raw GET ceiling of that Azurite, validate_chunk with the SDK
+reader and with the HTTP reader, and the job through the local host (one validate task); see
+bench/stac_validation_stack.py.
 
 Prints a table and writes JSON to bench/out/stac-validation-<timestamp>.json.
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -94,74 +95,12 @@ def rate(label: str, items: list[tuple[str, bytes]], check: Callable[[str, bytes
     }
 
 
-def run_on_stack(count: int) -> dict[str, Any]:
-    """validate_stac over ``count`` uploaded Items in one task; the job's figures."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from bench import common, measure
-    from repositories.blob_storage import BlobStorage
-
-    common.sigterm_as_keyboard_interrupt()
-    token = measure.unique_token()
-    asset = b"tile bytes " * 10
-    items = sample_items(count, asset)
-    collection = {
-        "type": "Collection",
-        "stac_version": "1.1.0",
-        "id": "dem",
-        "description": "d",
-        "license": "other",
-        "extent": {
-            "spatial": {"bbox": [[-180, -90, 180, 90]]},
-            "temporal": {"interval": [["2024-01-02T00:00:00Z", None]]},
-        },
-        "links": [{"rel": "item", "href": f"./{p.split('/', 2)[2]}"} for p, _ in items],
-    }
-    blobs = [(f"b{token}/{p}", d) for p, d in items]
-    blobs.append((f"b{token}/stac/dem/collection.json", json.dumps(collection).encode()))
-    blobs += [(f"b{token}/cogs/dem.tif/tile_{n}.tif", asset) for n in range(count)]
-    with common.running_stack(measure.OUT_DIR / f"stac-validation-{token}") as stack:
-        storage = BlobStorage(stack.storage_connection_string)
-        storage.ensure_container("silver")
-        with ThreadPoolExecutor(32) as pool:
-            list(pool.map(lambda b: storage.upload_bytes("silver", b[0], b[1], content_type="application/json"), blobs))
-        log_file = measure.OUT_DIR / f"stac-validation-host-{measure.utc_stamp()}.log"
-        with common.running_host(stack, workers=1, log_file=log_file) as host:
-            params = {"container": "silver", "prefix": f"b{token}/stac/", "chunk_size": count + 1}
-            submitted = measure.submit_job(host.base_url, "validate_stac", params)
-            final = measure.wait_for_job(host.base_url, submitted["job_id"], timeout=600)
-        import psycopg
-
-        with psycopg.connect(stack.conninfo()) as conn:
-            row = conn.execute(
-                f"SELECT result FROM {stack.schema}.tasks WHERE job_id = %s AND stage = 2", (submitted["job_id"],)
-            ).fetchone()
-        task = (row[0] or {}).get("seconds") if row else None
-    result = final.get("result") or {}
-    if final.get("status") != "completed" or result.get("invalid") != 0:
-        raise SystemExit(
-            f"validate_stac did not complete cleanly: {final.get('status')} {final.get('error')} {result.get('errors')}"
-        )
-    return {
-        **{
-            k: result.get(k)
-            for k in (
-                "objects",
-                "valid",
-                "checksums_verified",
-                "objects_per_second_per_task",
-                "checks_per_second_per_task",
-            )
-        },
-        "seconds": task,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--pystac-items", type=int, default=300, help="pystac is slow: fewer items")
     parser.add_argument("--stack", type=int, default=0, help="also run the job on N items on a private stack")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the stack figures, alternating")
     args = parser.parse_args()
     items = sample_items(args.items)
     known = {path: len(data) for path, data in items}
@@ -209,15 +148,25 @@ def main() -> None:
     print(f"{'validator':32} {'objects':>8} {'seconds':>8} {'objects/s':>10}")
     for row in rows:
         print(f"{row['validator']:32} {row['objects']:>8} {row['seconds']:>8} {row['objects_per_s']:>10.0f}")
-    job = run_on_stack(args.stack) if args.stack else None
-    if job:
+    job = None
+    if args.stack:
+        from bench.stac_validation_stack import run_on_stack
+
+        asset = b"tile bytes " * 10
+        job = run_on_stack(sample_items(args.stack, asset), asset, args.repeat)
+        median = job["median"]
         print(
-            f"validate_stac job, one task of {args.stack} objects: {job['objects_per_second_per_task']} objects/s "
-            f"(whole task), {job['checks_per_second_per_task']} objects/s (checks), {job['seconds']}"
+            f"one task of {job['objects']} objects ({job['gets_per_object']} GETs each), medians of {args.repeat}: "
+            f"raw GETs {median['raw_gets_per_s']}/s = ceiling {median['ceiling_objects_per_s']} objects/s; "
+            f"chunk SDK reader {median['chunk_sdk_objects_per_s']}, HTTP reader {median['chunk_http_objects_per_s']}; "
+            f"job {median['job_objects_per_s']} objects/s; job without checksums "
+            f"{job['job_without_checksums']['objects_per_s']} objects/s; load {os.getloadavg()[0]:.2f}"
         )
     OUT.mkdir(exist_ok=True)
     out = OUT / f"stac-validation-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": rows, "item_bytes": len(items[0][1]), "job": job}, indent=2))
+    out.write_text(
+        json.dumps({"rows": rows, "item_bytes": len(items[0][1]), "job": job, "load_1m": os.getloadavg()[0]}, indent=2)
+    )
     print(f"JSON: {out}")
 
 

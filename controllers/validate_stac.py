@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from controllers.container_defaults import with_default_containers
+from controllers.validate_stac_chunk import validate_chunk
 from controllers.validate_stac_parameters import ValidateStacParameters
-from controllers.validate_stac_run import ContainerIndex, validate_chunk, walk_catalog
+from controllers.validate_stac_run import ContainerIndex, walk_catalog
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.settings import DEFAULT_MAX_TASKS_PER_STAGE, Settings

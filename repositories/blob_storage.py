@@ -172,6 +172,11 @@ class BlobStorage:
         return self._upload_block_bytes * self._upload_concurrency
 
     @property
+    def account(self) -> StorageAccount:
+        """The storage account these blobs are in (how it is reached and authorised)."""
+        return self._account
+
+    @property
     def client(self) -> BlobServiceClient:
         with self._lock:
             if self._client is None:

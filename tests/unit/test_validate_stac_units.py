@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -15,10 +16,12 @@ import pytest
 import rasterio
 from pydantic import ValidationError
 
-from controllers import validate_stac_run
+from controllers import validate_stac_chunk
 from controllers.validate_stac import ValidateStacController, report_blob
+from controllers.validate_stac_chunk import downloads, validate_chunk
 from controllers.validate_stac_parameters import ValidateStacParameters
-from controllers.validate_stac_run import ContainerIndex, batches, check_object, validate_chunk, walk_catalog
+from controllers.validate_stac_run import ContainerIndex, check_object, walk_catalog
+from repositories.blob_reader import SdkBlobReader
 from repositories.blob_storage import BlobInfo
 from schemas.errors import BlobNotFoundError, PermanentTaskError
 from schemas.settings import Settings
@@ -183,6 +186,7 @@ class FakeStorage:
         self.blobs = blobs
         self.downloads: list[str] = []
         self.listings: list[str] = []
+        self.heads: list[str] = []
 
     def download_range(self, container: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if name not in self.blobs:
@@ -190,6 +194,12 @@ class FakeStorage:
         self.downloads.append(name)
         data = self.blobs[name]
         return data[offset : None if length is None else offset + length]
+
+    def properties(self, container: str, name: str) -> BlobInfo:
+        self.heads.append(name)
+        if name not in self.blobs:
+            raise BlobNotFoundError(name)
+        return BlobInfo(container, name, len(self.blobs[name]), "e", None, None)
 
     def list_blobs(self, container: str, prefix: str = "") -> list[BlobInfo]:
         self.listings.append(prefix)
@@ -213,7 +223,8 @@ def test_validate_chunk_verifies_checksums(item: dict[str, Any]) -> None:
     storage: Any = FakeStorage(container_of(item))
     outcome = validate_chunk(storage, "silver", chunk(storage, ITEM_PATH), max_checksum_bytes=100)
     assert (outcome.objects, outcome.valid, outcome.records, outcome.checksums_verified) == (1, 1, [], 1)
-    assert storage.listings == ["stac/c/", "cogs/f.tif/"]  # one listing per directory, not one HEAD per link
+    # the collection, above the chunk's objects: one HEAD; the asset's directory: one listing
+    assert (storage.heads, storage.listings) == (["stac/c/collection.json"], ["cogs/f.tif/"])
 
     storage = FakeStorage(container_of(item, b"DATA"))  # same size, other bytes
     outcome = validate_chunk(storage, "silver", chunk(storage, ITEM_PATH), max_checksum_bytes=100)
@@ -232,21 +243,34 @@ def test_checksums_within_the_budget_only(item: dict[str, Any]) -> None:
     assert outcome.checksums_not_verified == 1 and "cogs/f.tif/f.tif" not in storage.downloads
 
 
-def test_download_batches_bound_objects_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validate_stac_run, "BATCH_OBJECTS", 3)
-    monkeypatch.setattr(validate_stac_run, "BATCH_BYTES", 100)
-    blobs = [{"name": str(i), "size": size} for i, size in enumerate([10, 10, 10, 10, 60, 50, 500, 1])]
-    assert [[b["name"] for b in batch] for batch in batches(blobs)] == [
-        ["0", "1", "2"],
-        ["3", "4"],
-        ["5"],
-        ["6"],
-        ["7"],
-    ]
+class CountingPool(ThreadPoolExecutor):
+    """Counts the downloads submitted."""
+
+    submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_downloads_run_ahead_within_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validate_stac_chunk, "WINDOW_OBJECTS", 3)
+    monkeypatch.setattr(validate_stac_chunk, "WINDOW_BYTES", 100)
+    sizes = [10, 10, 10, 10, 60, 50, 500, 1]
+    storage = FakeStorage({str(i): b"x" * size for i, size in enumerate(sizes)})
+    reader = SdkBlobReader(storage, "silver")
+    blobs = [{"name": str(i), "size": size} for i, size in enumerate(sizes)]
+    seen = []
+    with CountingPool(4) as pool:
+        for blob, data, _waited in downloads(pool, reader, blobs):
+            seen.append((blob["name"], len(cast(bytes, data)), pool.submitted))
+    # in order, every byte; submitted ahead: 3 objects at most, 100 listed bytes at most (one at least)
+    assert [(name, size) for name, size, _ in seen] == [(str(i), size) for i, size in enumerate(sizes)]
+    assert [submitted for _, _, submitted in seen] == [3, 4, 5, 5, 5, 6, 7, 8]
 
 
 def test_a_chunk_in_several_batches(item: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validate_stac_run, "BATCH_OBJECTS", 1)
+    monkeypatch.setattr(validate_stac_chunk, "WINDOW_OBJECTS", 1)
     storage: Any = FakeStorage({**container_of(item), "x.json": b"not json"})
     outcome = validate_chunk(storage, "silver", chunk(storage, ITEM_PATH, "x.json", "stac/c/collection.json"))
     assert (outcome.objects, outcome.valid) == (3, 1)
@@ -372,5 +396,7 @@ def test_domain_modules_stay_small() -> None:
         "services/stac/lint.py",
         "controllers/validate_stac.py",
         "controllers/validate_stac_run.py",
+        "controllers/validate_stac_chunk.py",
+        "repositories/blob_reader.py",
     ):
         assert len((root / module).read_text().splitlines()) <= 400, module
