@@ -10,7 +10,8 @@ Stages (task keys in brackets):
                           ``features_per_task``; each task COPYs its range into the layer's staging
                           table in one transaction, after deleting what an earlier attempt left, so a
                           retried task replaces and never duplicates.
-3. swap [swap]            one transaction for every layer: primary key, GIST index, ANALYZE, and the
+3. swap [swap]            key and GIST indexes built side by side (two sessions), then one transaction
+                          for every layer: attach the primary key, ANALYZE (unless ``analyze`` false), and the
                           staging table becomes the table (``if_exists``: fail / replace / append).
                           Readers see the old tables or the complete new ones.
 Staging tables of a job that fails permanently are dropped by the task that fails it; ``prefix``
@@ -22,24 +23,36 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 
 from controllers.source_version import pin_source_etag
-from controllers.stage_vector_parameters import StageVectorParameters, feature_ranges, swap_parameters, table_summary
+from controllers.stage_vector_parameters import (
+    StageVectorParameters,
+    feature_ranges,
+    load_slices,
+    swap_parameters,
+    table_summary,
+)
 from controllers.vector_job import VectorJobController
 from schemas.errors import PermanentTaskError
 from services.engine import JobOutcome, StageDefinition, StageResults, TaskContext, TaskSpec
-from services.raster.memory import track_peak_rss
+from services.raster.memory import release_free_memory, track_peak_rss
 from services.vector import postgis
 from services.vector.geometry import VectorInputError
-from services.vector.loader import LayerPlan, load_range, plan_layer
+from services.vector.loader import LayerPlan, LoadStats, load_range, plan_layer
 from services.vector.names import default_table_name, launder, table_for_layer
 from services.vector.source import LocalSource, is_vector_file, open_source
 
 SOURCE_KEY, SWAP_KEY = "source", "swap"
+# A load task copies a large range as two slices side by side, one connection and transaction each
+# (both CPUs of an instance, without waiting for a second task's queue message). At most this many
+# slices per process take an extra connection at a time; a task finding none free loads one slice.
+_SPARE_SLICE_CONNECTIONS = threading.BoundedSemaphore(2)
 STALE_STAGING_SECONDS = 24 * 3600  # staging tables older than this are swept by the next inspect
 
 
@@ -95,14 +108,19 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
         params = ctx.job_parameters
         schema = self.schema_of(params)
         files: list[dict[str, Any]] = []
+        phases = {"download": 0.0, "plan": 0.0}
         with self._db.connection() as conn:
             extension_schema = postgis.ensure_postgis(conn, schema)
             plans: list[LayerPlan] = []
             for name in self._blob_names(params):
+                began = time.monotonic()
                 source = self._source(params, name, params.source_etag if params.blob_name else None)
+                downloaded = time.monotonic()
+                phases["download"] += downloaded - began
                 layers = self._layers(params, name, source)
                 files.append({"blob": name, "driver": source.driver, "etag": source.etag, "layers": layers})
                 plans += self._plans(conn, ctx.job_id, params, name, source, layers, extension_schema)
+                phases["plan"] += time.monotonic() - downloaded
             if not plans:
                 raise VectorInputError(f"no file under {params.source_label} has a layer {params.layer!r}")
             tables = [plan.table for plan in plans]
@@ -121,6 +139,7 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
             "extension_schema": extension_schema,
             "files": files,
             "layers": [plan.to_dict() for plan in plans],
+            "phase_seconds": {name: round(seconds, 3) for name, seconds in phases.items()},
         }
 
     @staticmethod
@@ -175,20 +194,29 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
         schema, extension_schema = ctx.parameters["schema"], ctx.parameters["extension_schema"]
         start, stop = int(ctx.parameters["start"]), ctx.parameters.get("stop")
         began = time.monotonic()
+        slices = load_slices(start, None if stop is None else int(stop), plan.feature_count)
+        spare = len(slices) > 1 and _SPARE_SLICE_CONNECTIONS.acquire(blocking=False)
+        if not spare:
+            slices = [(start, None if stop is None else int(stop))]
         try:
             source = self._source(params, plan.blob_name, plan.etag or None)
-            with track_peak_rss() as rss, self._db.connection() as conn, conn.transaction():
-                postgis.use_schemas(conn, schema, extension_schema)
-                stats = load_range(
-                    conn,
-                    source,
-                    plan,
-                    schema=schema,
-                    start=start,
-                    stop=None if stop is None else int(stop),
-                    policy=params.geometry_policy,
-                    target_srid=params.target_srid,
-                )
+
+            def load_slice(bounds: tuple[int, int | None]) -> LoadStats:
+                with self._db.connection() as conn, conn.transaction():
+                    postgis.use_schemas(conn, schema, extension_schema)
+                    return load_range(
+                        conn,
+                        source,
+                        plan,
+                        schema=schema,
+                        start=bounds[0],
+                        stop=bounds[1],
+                        policy=params.geometry_policy,
+                        target_srid=params.target_srid,
+                    )
+
+            with track_peak_rss() as rss, ThreadPoolExecutor(len(slices)) as pool:
+                stats = LoadStats.combined(list(pool.map(load_slice, slices)))
         except psycopg.errors.UndefinedTable as exc:
             raise PermanentTaskError(f"the staging table of {schema}.{plan.table} is gone (the job failed)") from exc
         except psycopg.DataError as exc:
@@ -198,8 +226,13 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
         except PermanentTaskError:
             self._drop_staging(schema, ctx.parameters.get("staging_tables", [plan.staging]))
             raise
+        finally:
+            if spare:
+                _SPARE_SLICE_CONNECTIONS.release()
+            release_free_memory()  # glibc keeps freed batch buffers otherwise: the worker's RSS ratchets up
         result = {"layer": plan.layer, "table": plan.table, "start": start, "stop": stop, **stats.to_dict()}
         result |= {
+            "slices": len(slices),
             "seconds": round(time.monotonic() - began, 3),
             "peak_rss_bytes": rss.peak_bytes,
             "process_id": os.getpid(),
@@ -213,6 +246,8 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
         layers = ctx.parameters["layers"]
         swapped = []
         try:
+            prepared = self._build_indexes(params, schema, layers)
+            began = time.monotonic()
             with self._db.connection() as conn, conn.transaction():
                 postgis.use_schemas(conn, schema, extension_schema)
                 conn.execute("SET LOCAL lock_timeout = '60s'")
@@ -233,12 +268,34 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
                         geometry=plan.geometry is not None,
                         expected_rows=int(layer["written"]),
                         comment=comment,
+                        scanned=_scanned(prepared.get(plan.table, {})),
+                        analyze=params.analyze,
                     )
                     swapped.append({"layer": plan.layer, "table": plan.table, **outcome})
         except PermanentTaskError:
             self._drop_staging(schema, [LayerPlan.from_dict(layer["plan"]).staging for layer in layers])
             raise
-        return {"tables": swapped}
+        for entry in swapped:
+            built = prepared.get(entry["table"], {})
+            entry["index_seconds"] = {k: v for k, v in built.items() if k not in ("rows", "extent")}
+        return {"tables": swapped, "swap_transaction_seconds": round(time.monotonic() - began, 3)}
+
+    def _build_indexes(
+        self, params: StageVectorParameters, schema: str, layers: list[dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """The staging tables' key and GIST indexes, built side by side before the swap (not for a
+        table that will be appended to, whose rows go into the existing table's indexes)."""
+        built = {}
+        for layer in layers:
+            plan = LayerPlan.from_dict(layer["plan"])
+            if params.if_exists == "append":
+                with self._db.connection() as conn:
+                    if postgis.table_exists(conn, schema, plan.table):
+                        continue
+            built[plan.table] = postgis.build_indexes(
+                self._db.connection, schema, plan.staging, plan.geometry is not None
+            )
+        return built
 
     def _drop_staging(self, schema: str, names: list[str]) -> None:
         """Best effort: a job failing for good leaves no staging table behind."""
@@ -277,7 +334,13 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
         loads = list(outcome.results_by_stage.get("load", {}).values())
         swapped = {t["table"]: t for t in outcome.results_by_stage.get("swap", {}).get(SWAP_KEY, {}).get("tables", [])}
         tables = [
-            table_summary(inspected["schema"], layer, loads, swapped.get(layer["table"], {}).get("rows"))
+            table_summary(
+                inspected["schema"],
+                layer,
+                loads,
+                swapped.get(layer["table"], {}).get("rows"),
+                swapped.get(layer["table"], {}).get("extent"),
+            )
             for layer in inspected.get("layers", [])
         ]
         return {
@@ -287,6 +350,11 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
             "geometry_policy": params.geometry_policy,
             "tables": tables,
         }
+
+
+def _scanned(built: dict[str, Any]) -> tuple[int, list[float] | None] | None:
+    """(rows, extent) of a staging table as build_indexes counted them; None: not counted."""
+    return None if built.get("rows") is None else (int(built["rows"]), built.get("extent"))
 
 
 __all__ = ["StageVectorController", "StageVectorParameters", "feature_ranges", "swap_parameters"]

@@ -57,14 +57,25 @@ class StageVectorParameters(BaseModel):
     )
     if_exists: Literal["fail", "replace", "append"] = Field(default="fail", description="When the table exists.")
     geometry_policy: GeometryPolicy = Field(
-        default="make_valid", description="Invalid geometries: make_valid (repair), skip (leave out) or fail."
+        default="make_valid",
+        description="Invalid geometries: make_valid (repair), skip (leave out), fail, or unchecked (no validity "
+        "check: geometries load as they are, fastest).",
     )
     csv_geometry_column: str | None = Field(default=None, max_length=255, description="CSV: WKT column name.")
     csv_x_column: str | None = Field(default=None, max_length=255, description="CSV: x / longitude column name.")
     csv_y_column: str | None = Field(default=None, max_length=255, description="CSV: y / latitude column name.")
     csv_separator: Literal["COMMA", "SEMICOLON", "TAB", "SPACE"] | None = Field(default=None, description="CSV.")
     features_per_task: int = Field(
-        default=100_000, ge=1, le=10_000_000, description="Features one load task copies (a layer's fan-out)."
+        default=200_000,
+        ge=1,
+        le=10_000_000,
+        description="Features one load task copies (a layer's fan-out); a task copies a range of 40 000 or "
+        "more as two slices side by side.",
+    )
+    analyze: bool = Field(
+        default=True,
+        description="ANALYZE each new table in the swap, so the planner has statistics at once; false leaves "
+        "it to autovacuum (like ogr2ogr), saving a sampling pass.",
     )
     source_etag: SourceEtag | None = Field(default=None, description="Source version; recorded at submission.")
 
@@ -112,8 +123,28 @@ def feature_ranges(count: int, per_task: int) -> list[tuple[int, int | None]]:
     return ranges
 
 
-def table_summary(schema: str, layer: dict[str, Any], loads: list[dict[str, Any]], rows: int | None) -> dict[str, Any]:
-    """One table of the job result, from its plan and its load tasks' results."""
+MIN_SLICE_FEATURES = 20_000  # a load task's range smaller than two of these loads as one slice
+
+
+def load_slices(start: int, stop: int | None, feature_count: int) -> list[tuple[int, int | None]]:
+    """The two halves of a load task's range ``[start, stop)`` (stop None: to the end of a layer of
+    ``feature_count`` features, the last half open-ended too), or the range itself when small."""
+    end = feature_count if stop is None else stop
+    if end - start < 2 * MIN_SLICE_FEATURES:
+        return [(start, stop)]
+    middle = start + (end - start) // 2
+    return [(start, middle), (middle, stop)]
+
+
+def table_summary(
+    schema: str,
+    layer: dict[str, Any],
+    loads: list[dict[str, Any]],
+    rows: int | None,
+    extent: list[float] | None = None,
+) -> dict[str, Any]:
+    """One table of the job result, from its plan, its load tasks' results and the swap's row count
+    and extent (the database's, over the loaded rows; else the loads' bounds)."""
     plan = LayerPlan.from_dict(layer)
     mine = [r for r in loads if r["table"] == plan.table]
     reasons: dict[str, int] = {}
@@ -135,7 +166,7 @@ def table_summary(schema: str, layer: dict[str, Any], loads: list[dict[str, Any]
         "made_valid": sum(int(r["made_valid"]) for r in mine),
         "null_geometries": sum(int(r["null_geometries"]) for r in mine),
         "rows": rows,
-        "extent": None if bounds is None else list(bounds),
+        "extent": extent if extent is not None else None if bounds is None else list(bounds),
         "srid": geometry.srid if geometry else None,
         "geometry_type": geometry.sql if geometry else None,
         "source_srid": plan.source_srid,

@@ -8,15 +8,19 @@ Rules (documented in docs/job-types.md, stage_vector):
 - **Z is kept** when the layer declares it (2D features get z = 0); **M is always dropped** (few
   PostGIS tools use it and a mixed M/non-M column is not loadable).
 - **Invalid geometries** (GEOS validity): ``make_valid`` repairs them (polygons keep only their
-  polygonal parts), ``skip`` leaves the feature out, ``fail`` fails the load naming the first one.
-  A geometry that does not fit the column (a line in a polygon layer, a repair that collapsed it)
+  polygonal parts), ``skip`` leaves the feature out, ``fail`` fails the load naming the first one;
+  ``unchecked`` does not look (no GEOS read at all for geometries that need no change, like
+  ogr2ogr). A geometry that does not fit the column (a line in a polygon layer, a repair that collapsed it)
   is skipped with that reason; features with no geometry are loaded with a NULL geometry.
+- **Curved geometries** (CircularString, CompoundCurve, CurvePolygon, MultiCurve, MultiSurface, and
+  PolyhedralSurface / TIN / Triangle) are kept as they are, not linearized: a layer that declares
+  curves gets a ``Geometry`` column; GEOS cannot read them, so they are never validated, and one
+  that would need reprojection or a Z / M change is skipped with that reason.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,8 +33,9 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from schemas.errors import PermanentTaskError
+from services.vector import wkb as wkb_io
 
-GeometryPolicy = Literal["make_valid", "skip", "fail"]
+GeometryPolicy = Literal["make_valid", "skip", "fail", "unchecked"]
 
 # shapely type ids
 POINT, LINESTRING, POLYGON, MULTIPOINT, MULTILINESTRING, MULTIPOLYGON = 0, 1, 3, 4, 5, 6
@@ -121,14 +126,15 @@ def transformer_for(source_crs: str | None, target_srid: int | None) -> Transfor
 
 @dataclass
 class BatchGeometries:
-    """A batch's geometries ready for COPY: EWKB per kept row (None = NULL geometry)."""
+    """A batch's geometries ready for COPY: EWKB per kept row (NULL = no geometry)."""
 
     keep: np.ndarray  # bool per input row
-    ewkb: list[bytes | None]  # one per kept row
+    ewkb: pa.Array  # binary, one per kept row
     skipped: Counter[str]
     made_valid: int
     null_geometries: int
     bounds: tuple[float, float, float, float] | None
+    bounds_complete: bool = True  # False: some kept geometries were never read by GEOS (not in bounds)
 
 
 def _reason(text: str) -> str:
@@ -173,23 +179,23 @@ def _dimensions(geoms: np.ndarray, column: GeometryColumn) -> np.ndarray:
 
 
 def _apply_policy(
-    geoms: np.ndarray, raw: np.ndarray, policy: GeometryPolicy, first_fid: int, skipped: Counter[str]
+    geoms: np.ndarray, unreadable: np.ndarray, policy: GeometryPolicy, fids: np.ndarray, skipped: Counter[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(geometries, keep, invalid, made valid): unreadable ones left out, invalid ones repaired,
-    left out or failed on by ``policy``."""
-    keep = np.ones(len(geoms), dtype=bool)
-    unreadable = shapely.is_missing(geoms) & np.array([v is not None for v in raw], dtype=bool)
+    left out or failed on by ``policy`` (``unchecked``: validity is not looked at)."""
+    keep = ~unreadable
     if unreadable.any():
         skipped["unreadable geometry"] += int(unreadable.sum())
-        keep &= ~unreadable
-    present = ~shapely.is_missing(geoms) & keep
-    invalid = present & ~shapely.is_valid(geoms)
+    invalid = np.zeros(len(geoms), dtype=bool)
+    if policy == "unchecked":
+        return geoms, keep, invalid, 0
+    invalid = ~shapely.is_missing(geoms) & keep & ~shapely.is_valid(geoms)
     made_valid = 0
     if invalid.any():
         where = np.flatnonzero(invalid)
         reasons = shapely.is_valid_reason(geoms[where])
         if policy == "fail":
-            raise VectorInputError(f"feature {first_fid + int(where[0])} has an invalid geometry: {reasons[0]}")
+            raise VectorInputError(f"feature {int(fids[where[0]])} has an invalid geometry: {reasons[0]}")
         if policy == "skip":
             for reason in reasons:
                 skipped[f"invalid geometry: {_reason(str(reason))}"] += 1
@@ -205,6 +211,22 @@ def _apply_policy(
     return geoms, keep, invalid, made_valid
 
 
+def _from_wkb(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(geometries, non-linear): GEOS geometries of WKB values; a collection holding curves, which
+    GEOS cannot read, comes back missing and flagged."""
+    try:
+        return shapely.from_wkb(raw, on_invalid="ignore"), np.zeros(len(raw), dtype=bool)
+    except NotImplementedError:  # "Nonlinear geometry types are not currently supported"
+        geoms = np.full(len(raw), None, dtype=object)
+        nonlinear = np.zeros(len(raw), dtype=bool)
+        for i, value in enumerate(raw):
+            try:
+                geoms[i] = shapely.from_wkb(value, on_invalid="ignore")
+            except NotImplementedError:
+                nonlinear[i] = True
+        return geoms, nonlinear
+
+
 def prepare_geometries(
     wkb: Any,
     column: GeometryColumn,
@@ -213,124 +235,112 @@ def prepare_geometries(
     transformer: Transformer | None = None,
     first_fid: int = 0,
 ) -> BatchGeometries:
-    """EWKB for one batch (``wkb``: an array of WKB values or None) under ``policy``."""
-    raw = np.asarray(wkb, dtype=object)
+    """EWKB for one batch (``wkb``: an Arrow binary column, or WKB values / None) under ``policy``.
+
+    Values that need no change (right type and dimensions, no reprojection, valid or not checked)
+    keep their WKB under a new header (``services/vector/wkb.py``); only the others, and every linear
+    geometry when validity is checked, are read by GEOS. Curved types, which GEOS cannot read, load
+    as they are when they fit (a ``Geometry`` column, same dimensions, no reprojection)."""
+    values = wkb_io.as_binary(wkb)
+    heads = wkb_io.headers(values)
     skipped: Counter[str] = Counter()
-    geoms, keep, invalid, made_valid = _apply_policy(
-        shapely.from_wkb(raw, on_invalid="ignore"), raw, policy, first_fid, skipped
+    keep = heads.null | heads.present
+    if (~keep).any():
+        skipped["unreadable geometry"] += int((~keep).sum())
+    fits = heads.fits(column.type_name)
+    as_is = heads.little_endian & ~heads.has_m & ~heads.has_srid & (heads.has_z == column.has_z)
+    as_is &= transformer is None
+    linear = heads.present & np.isin(heads.code, wkb_io.LINEAR_CODES)
+    surgery = ~linear & heads.present & fits & as_is
+    via_geos = linear if policy != "unchecked" else linear & ~(fits & as_is)
+    if policy == "unchecked":
+        surgery |= linear & fits & as_is
+    measured = np.zeros(len(values), dtype=bool)
+    geos_ewkb, made_valid, bounds = None, 0, None
+    if via_geos.any():
+        geos_ewkb, made_valid, bounds = _through_geos(
+            values, via_geos, column, policy, transformer, first_fid, keep, surgery, measured, skipped, fits & as_is
+        )
+    unusable = heads.present & keep & ~surgery & ~measured
+    for i in np.flatnonzero(unusable):
+        name = heads.type_name(int(i))
+        if not fits[i]:
+            skipped[f"geometry type {name} does not fit a {column.type_name} column"] += 1
+        elif int(heads.code[i]) not in wkb_io.TYPE_NAMES:
+            skipped["unreadable geometry"] += 1
+        else:
+            skipped[f"geometry type {name} cannot be reprojected or change dimensions (GEOS cannot read it)"] += 1
+    keep &= ~unusable
+    ewkb = wkb_io.to_ewkb(values, heads, surgery, column.srid, wkb_io.MULTI_CODES.get(column.type_name, 0))
+    if geos_ewkb is not None:
+        ewkb = pc.if_else(pa.array(surgery), ewkb, pa.array(geos_ewkb, type=pa.binary()))
+    return BatchGeometries(
+        keep=keep,
+        ewkb=ewkb.filter(pa.array(keep)),
+        skipped=skipped,
+        made_valid=made_valid,
+        null_geometries=int((keep & heads.null).sum()),
+        bounds=bounds,
+        bounds_complete=not (surgery & keep & ~measured).any(),
     )
-    present = ~shapely.is_missing(geoms) & keep
-    ids = shapely.get_type_id(geoms)
-    fits = _fits(ids, column)
-    misfit = present & ~fits
-    if misfit.any():
-        for type_id in ids[misfit]:
-            found = _TYPE_NAMES.get(int(type_id), str(type_id))
-            skipped[f"geometry type {found} does not fit a {column.type_name} column"] += 1
-        keep &= ~misfit
-        present &= ~misfit
-    changed = shapely.has_m(geoms) | (shapely.has_z(geoms) != column.has_z)
-    if transformer is not None:
-        changed[:] = True
-    if made_valid:
-        changed |= invalid
-    ewkb, bounds = _encode(geoms, raw, present & ~changed, present & changed, column, transformer)
-    nulls = int((keep & ~present).sum())
-    return BatchGeometries(keep, list(ewkb[keep]), skipped, made_valid, nulls, bounds)
+
+
+def _through_geos(
+    values: pa.BinaryArray,
+    via_geos: np.ndarray,
+    column: GeometryColumn,
+    policy: GeometryPolicy,
+    transformer: Transformer | None,
+    first_fid: int,
+    keep: np.ndarray,
+    surgery: np.ndarray,
+    measured: np.ndarray,
+    skipped: Counter[str],
+    as_is: np.ndarray,
+) -> tuple[np.ndarray | None, int, tuple[float, float, float, float] | None]:
+    """Read the ``via_geos`` values with GEOS: policy, misfits, and EWKB of those that change.
+    Updates ``keep``, ``surgery`` (unchanged: byte surgery after all) and ``measured`` in place;
+    (GEOS EWKB per row or None, made valid, bounds)."""
+    index = np.flatnonzero(via_geos)
+    raw = values.filter(pa.array(via_geos)).to_numpy(zero_copy_only=False)
+    geoms, nonlinear = _from_wkb(raw)
+    unreadable = shapely.is_missing(geoms) & ~nonlinear
+    geoms, keep_g, invalid, made_valid = _apply_policy(geoms, unreadable, policy, first_fid + index, skipped)
+    present = ~shapely.is_missing(geoms) & keep_g
+    misfit = present & ~_fits(shapely.get_type_id(geoms), column)
+    for type_id in shapely.get_type_id(geoms[misfit]):
+        found = _TYPE_NAMES.get(int(type_id), str(type_id))
+        skipped[f"geometry type {found} does not fit a {column.type_name} column"] += 1
+    keep_g &= ~misfit
+    present &= ~misfit
+    changed = shapely.has_m(geoms) | (shapely.has_z(geoms) != column.has_z) | ~as_is[index] | invalid
+    surgery[index[present & ~changed]] = True
+    measured[index[present]] = True
+    bounds = _bounds(geoms[present & ~changed])
+    geos_ewkb = None
+    if (present & changed).any():
+        encoded, changed_bounds = _encode(geoms[present & changed], column, transformer)
+        geos_ewkb = np.full(len(values), None, dtype=object)
+        geos_ewkb[index[present & changed]] = encoded
+        bounds = union_bounds(bounds, changed_bounds)
+    keep[index] = keep_g | nonlinear
+    surgery[index[nonlinear]] = as_is[index[nonlinear]]  # a collection holding curves: as it is, if it fits
+    return geos_ewkb, made_valid, bounds
 
 
 def _encode(
-    geoms: np.ndarray,
-    raw: np.ndarray,
-    fast: np.ndarray,
-    slow: np.ndarray,
-    column: GeometryColumn,
-    transformer: Transformer | None,
+    geoms: np.ndarray, column: GeometryColumn, transformer: Transformer | None
 ) -> tuple[np.ndarray, tuple[float, float, float, float] | None]:
-    """EWKB per geometry (None elsewhere) and the bounds of those encoded. Geometries that need no
-    change (``fast``: valid, right dimensions, no reprojection) keep their source WKB, given an
-    EWKB header (and a multi wrapper) by byte surgery; the others (``slow``) go through GEOS."""
-    ewkb = np.full(len(geoms), None, dtype=object)
-    multi_code = _MULTI_WKB.get(column.type_name, 0)
-    ewkb[fast] = _ewkb_many(raw[fast], column.srid, multi_code)
-    bounds = _bounds(geoms[fast])
-    if slow.any():
-        changed_geoms = _promoted(geoms[slow], column)
-        if transformer is not None:
-            changed_geoms = shapely.transform(changed_geoms, _reprojection(transformer), include_z=column.has_z)
-        changed_geoms = _dimensions(changed_geoms, column)
-        if column.srid:
-            changed_geoms = shapely.set_srid(changed_geoms, column.srid)
-        dimension = 3 if column.has_z else 2
-        ewkb[slow] = shapely.to_wkb(
-            changed_geoms, output_dimension=dimension, flavor="extended", include_srid=bool(column.srid)
-        )
-        bounds = union_bounds(bounds, _bounds(changed_geoms))
-    return ewkb, bounds
-
-
-_MULTI_WKB = {"MultiPoint": 4, "MultiLineString": 5, "MultiPolygon": 6}
-_SRID_FLAG, _Z_FLAG = 0x20000000, 0x80000000
-
-
-def _ewkb(raw: bytes, srid: int, multi_code: int) -> bytes:
-    """EWKB of a (2D or Z, no M) ISO/OGC WKB value: SRID flag and SRID in the outer header, and a
-    one-part multi around a single geometry when the column is multi (parts keep their ISO header,
-    which PostGIS reads too)."""
-    order = "<I" if raw[0] == 1 else ">I"
-    code = struct.unpack_from(order, raw, 1)[0]
-    plain = code & 0x0FFFFFFF
-    base = plain % 1000
-    flags = (_Z_FLAG if code & _Z_FLAG or plain // 1000 in (1, 3) else 0) | (_SRID_FLAG if srid else 0)
-    srid_bytes = struct.pack(order, srid) if srid else b""
-    if multi_code and base == multi_code - 3:
-        return raw[:1] + struct.pack(order, multi_code | flags) + srid_bytes + struct.pack(order, 1) + raw
-    return raw[:1] + struct.pack(order, base | flags) + srid_bytes + raw[5:]
-
-
-def _header(order: np.ndarray, code: np.ndarray, srid: int, count: int | None) -> pa.Array:
-    """Little-endian EWKB headers: byte order, type code, SRID (when not 0), part count (when given)."""
-    fields = (
-        [("order", "u1"), ("code", "<u4")] + ([("srid", "<u4")] if srid else []) + ([("count", "<u4")] if count else [])
-    )
-    header = np.zeros(len(code), dtype=fields)
-    header["order"], header["code"] = order, code
-    if srid:
-        header["srid"] = srid
-    if count:
-        header["count"] = count
-    width = header.dtype.itemsize
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(code), [None, pa.py_buffer(header)]).cast(
-        pa.binary()
-    )
-
-
-def _ewkb_many(values: np.ndarray, srid: int, multi_code: int) -> list[bytes]:
-    """``_ewkb`` of many values at once (Arrow kernels); per value when any is big-endian."""
-    if not len(values):
-        return []
-    wkb = pa.array(values, type=pa.binary())
-    offsets = np.frombuffer(wkb.buffers()[1], dtype=np.int32, count=len(wkb) + 1)
-    data = np.frombuffer(wkb.buffers()[2], dtype=np.uint8)
-    starts = offsets[:-1]
-    order = data[starts]
-    if not (order == 1).all():
-        return [_ewkb(value, srid, multi_code) for value in values]
-    code = sum(data[starts + k].astype(np.uint32) << np.uint32(8 * (k - 1)) for k in range(1, 5))
-    plain = code & np.uint32(0x0FFFFFFF)
-    base = plain % 1000
-    has_z = ((code & np.uint32(_Z_FLAG)) != 0) | np.isin(plain // 1000, (1, 3))
-    flags = np.where(has_z, np.uint32(_Z_FLAG), np.uint32(0)) | np.uint32(_SRID_FLAG if srid else 0)
-    plain_header = _header(order, base.astype(np.uint32) | flags, srid, None)
-    # An explicit stop: pyarrow 26's binary_slice without one fails ("Negative buffer resize").
-    tail = pc.binary_slice(wkb, 5, 2**31 - 1)
-    encoded = pc.binary_join_element_wise(plain_header, tail, b"")
-    promote = (base == multi_code - 3) if multi_code else np.zeros(len(values), dtype=bool)
-    if promote.any():
-        multi_header = _header(order, np.uint32(multi_code) | flags, srid, 1)
-        wrapped = pc.binary_join_element_wise(multi_header, wkb, b"")
-        encoded = pc.if_else(pa.array(promote), wrapped, encoded)
-    return list(encoded.to_pylist())
+    """EWKB through GEOS (promoted, reprojected, re-dimensioned) and the bounds of what it encoded."""
+    changed = _promoted(geoms, column)
+    if transformer is not None:
+        changed = shapely.transform(changed, _reprojection(transformer), include_z=column.has_z)
+    changed = _dimensions(changed, column)
+    if column.srid:
+        changed = shapely.set_srid(changed, column.srid)
+    dimension = 3 if column.has_z else 2
+    encoded = shapely.to_wkb(changed, output_dimension=dimension, flavor="extended", include_srid=bool(column.srid))
+    return encoded, _bounds(changed)
 
 
 def _bounds(geoms: np.ndarray) -> tuple[float, float, float, float] | None:

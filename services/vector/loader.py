@@ -10,14 +10,16 @@ earlier attempt of it committed.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
 import pyarrow as pa
+from psycopg.copy import QueuedLibpqWriter
 from pyogrio.errors import DataLayerError, DataSourceError
 from pyogrio.raw import open_arrow
 
@@ -37,7 +39,8 @@ from services.vector.postgis import FID, GEOM, TableColumn, copy_statement, copy
 from services.vector.source import LocalSource
 from services.vector.types import TEXT, ColumnType, column_type, column_values
 
-DEFAULT_BATCH_SIZE = 65_536
+DEFAULT_BATCH_SIZE = 16_384  # small batches: the server parses one while the next is read (measured: 65 536 slower)
+T = TypeVar("T")
 _BY_SQL = {
     t.sql: t
     for t in (
@@ -175,6 +178,8 @@ def plan_layer(
     geometry = None
     if geometry_field is not None:
         geometry = column_for(info.get("geometry_type"), column_srid)
+        if source.declares_curves(layer):  # curves stay curves: a generic column takes them
+            geometry = GeometryColumn("Geometry", geometry.has_z, column_srid)
     return LayerPlan(
         layer=layer,
         table=table,
@@ -202,6 +207,8 @@ class LoadStats:
     skipped: Counter[str] = field(default_factory=Counter)
     bounds: tuple[float, float, float, float] | None = None
     replaced_rows: int = 0
+    bounds_incomplete: bool = False  # some geometries were never read by GEOS here (not in ``bounds``)
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # where the load's time went
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -213,7 +220,26 @@ class LoadStats:
             "null_geometries": self.null_geometries,
             "bounds": None if self.bounds is None else list(self.bounds),
             "replaced_rows": self.replaced_rows,
+            "phase_seconds": {name: round(seconds, 3) for name, seconds in self.phase_seconds.items()},
         }
+
+    @classmethod
+    def combined(cls, parts: list[LoadStats]) -> LoadStats:
+        """The stats of slices of one range loaded side by side (phase seconds summed over them)."""
+        total = cls(skipped=sum((p.skipped for p in parts), Counter()))
+        for part in parts:
+            total.read += part.read
+            total.written += part.written
+            total.made_valid += part.made_valid
+            total.null_geometries += part.null_geometries
+            total.replaced_rows += part.replaced_rows
+            total.bounds = union_bounds(total.bounds, part.bounds)
+            total.bounds_incomplete |= part.bounds_incomplete
+            for name, seconds in part.phase_seconds.items():
+                total.phase_seconds[name] = total.phase_seconds.get(name, 0.0) + seconds
+        if total.bounds_incomplete:
+            total.bounds = None
+        return total
 
 
 def _column_type(column: TableColumn) -> ColumnType:
@@ -238,7 +264,9 @@ def load_range(
     transformer = transformer_for(plan.source_crs, target_srid) if plan.geometry is not None else None
     ctypes = [_column_type(c) for c in plan.columns]
     has_geometry = plan.geometry is not None and plan.geometry_field is not None
+    clock = _PhaseClock(stats.phase_seconds)
     stats.replaced_rows = delete_range(conn, schema, plan.staging, start, stop if stop is not None else 2**62)
+    clock.lap("delete_range")
     max_features = None if stop is None else max(0, stop - start)
     if max_features == 0:
         return stats
@@ -255,26 +283,41 @@ def load_range(
         statement = copy_statement(schema, plan.staging, plan.columns, has_geometry)
         types = copy_types(plan.columns, has_geometry)
         vectorised = all(t in VECTORISED_COPY_TYPES for t in types)  # else psycopg's write_row
-        with reading as (_meta, reader), conn.cursor() as cur, cur.copy(statement) as copy:
+        # A writer thread sends each batch while the next is read (at most 1024 chunks of 128 KiB queued).
+        with (
+            reading as (_meta, reader),
+            conn.cursor() as cur,
+            cur.copy(statement, writer=QueuedLibpqWriter(cur)) as copy,
+        ):
             copy.set_types(types)
             if vectorised:
                 copy.write(SIGNATURE)
-            for read in reader:  # open_arrow takes no max_features: the range ends here
+            clock.lap("open")  # includes skipping to ``start``
+            for read in clock.timed_iter(reader, "read"):  # open_arrow takes no max_features: the range ends here
                 batch = read
                 if max_features is not None and position + read.num_rows > start + max_features:
                     batch = read.slice(0, start + max_features - position)
                 rows = _prepare_batch(batch, plan, stats, policy, transformer, position, has_geometry)
+                clock.lap("geometry")
                 if vectorised:
-                    copy.write(encode_rows(rows, types))
+                    encoded = encode_rows(rows, types)
+                    clock.lap("encode")
+                    copy.write(encoded)
+                    clock.lap("copy_send")
                 else:
                     _write_rows(copy, rows, ctypes)
+                    clock.lap("copy_rows")
                 position += batch.num_rows
                 if max_features is not None and position >= start + max_features:
                     break
             if vectorised:
                 copy.write(TRAILER)
+            clock.lap("copy_send")
+        clock.lap("copy_finish")  # the server's end of the COPY
     except (DataSourceError, DataLayerError) as exc:
         raise VectorInputError(f"layer {plan.layer!r}: reading failed ({str(exc).splitlines()[0][:300]})") from exc
+    if stats.bounds_incomplete:
+        stats.bounds = None  # some geometries were never measured here: the swap's scan gives the extent
     return stats
 
 
@@ -295,8 +338,9 @@ def _prepare_batch(
     geometry: list[pa.Array] = []
     if has_geometry:
         assert plan.geometry is not None and plan.geometry_field is not None
-        wkb = batch.column(plan.geometry_field).to_numpy(zero_copy_only=False)
+        wkb = batch.column(plan.geometry_field)
         prepared = prepare_geometries(wkb, plan.geometry, policy, transformer=transformer, first_fid=position)
+        stats.bounds_incomplete |= not prepared.bounds_complete
         stats.skipped.update(prepared.skipped)
         stats.made_valid += prepared.made_valid
         stats.null_geometries += prepared.null_geometries
@@ -304,9 +348,33 @@ def _prepare_batch(
         if not prepared.keep.all():
             batch = batch.filter(pa.array(prepared.keep))
             fids = fids[prepared.keep]
-        geometry = [pa.array(prepared.ewkb, type=pa.binary())]
+        geometry = [prepared.ewkb]
     stats.written += batch.num_rows
     return [pa.array(fids), *(batch.column(name) for name in plan.source_fields), *geometry]
+
+
+class _PhaseClock:
+    """Adds the time since the previous lap to a named phase."""
+
+    def __init__(self, totals: dict[str, float]) -> None:
+        self._totals = totals
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._totals[phase] = self._totals.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def timed_iter(self, items: Iterable[T], phase: str) -> Iterator[T]:
+        iterator = iter(items)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.lap(phase)
+            yield item
 
 
 def _write_rows(copy: Any, columns: list[pa.Array], ctypes: list[ColumnType]) -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +31,7 @@ from services.vector.geometry import GeometryColumn, VectorInputError
 IfExists = Literal["fail", "replace", "append"]
 FID, GEOM = "fid", "geom"
 STAGING_PREFIX = "_geoetl_stage_"
+INDEX_BUILD_MEMORY = "256MB"  # maintenance_work_mem for the swap's primary key and GIST builds (at least)
 
 
 class PostgisUnavailableError(PermanentTaskError):
@@ -192,17 +195,21 @@ def swap_into_place(
     geometry: bool,
     expected_rows: int,
     comment: dict[str, Any],
+    scanned: tuple[int, list[float] | None] | None = None,
+    analyze: bool = True,
 ) -> dict[str, Any]:
-    """In the caller's transaction: key and index the staging table, ANALYZE it, and make it
+    """In the caller's transaction: key and index the staging table, ANALYZE it (unless not
+    ``analyze``), and make it
     ``table`` (replace: drop the old one; append: insert into it). Readers see the old table or
     the complete new one. A retry after a committed swap finds the staging table gone and the
-    target marked with this job: it changes nothing and reports the table as it is."""
+    target marked with this job: it changes nothing and reports the table as it is. ``scanned``:
+    the staging table's rows and extent when ``build_indexes`` counted them (else counted here)."""
     job_id = comment.get("job_id")
     if not table_exists(conn, schema, staging):
         if table_exists(conn, schema, table) and job_id in _comment(conn, schema, table).get("job_ids", []):
             return {"rows": _count(conn, schema, table), "already_swapped": True}
         raise PermanentTaskError(f"the staging table of {schema}.{table} is missing (its load did not finish)")
-    rows = _count(conn, schema, staging)
+    rows, extent = scanned or _count_and_extent(conn, schema, staging, geometry)  # scanned: by build_indexes
     if rows != expected_rows:  # never expected: each load replaces its own fid range
         raise PermanentTaskError(
             f"staging table of {schema}.{table} holds {rows} rows, the loads wrote {expected_rows}"
@@ -212,19 +219,25 @@ def swap_into_place(
         raise VectorInputError(f"table {schema}.{table} already exists (if_exists=fail)")
     src, dst = sql.Identifier(schema, staging), sql.Identifier(schema, table)
     if exists and if_exists == "append":
-        return _append(conn, schema, staging, table, comment)
-    conn.execute(
-        sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-            src, sql.Identifier(_index_name(staging, "_pk")), sql.Identifier(FID)
-        )
-    )
-    if geometry:
+        return {**_append(conn, schema, staging, table, comment, analyze), "extent": extent}
+    _raise_index_memory(conn)
+    pk = _index_name(staging, "_pk")
+    if table_exists(conn, schema, pk):  # built beforehand by build_indexes: becomes the key as it is
         conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} USING GIST ({})").format(
-                sql.Identifier(_index_name(staging, "_gix")), src, sql.Identifier(GEOM)
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY USING INDEX {}").format(
+                src, sql.Identifier(pk), sql.Identifier(pk)
             )
         )
-    conn.execute(sql.SQL("ANALYZE {}").format(src))
+    else:
+        conn.execute(
+            sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+                src, sql.Identifier(pk), sql.Identifier(FID)
+            )
+        )
+    if geometry:
+        conn.execute(_index_statement(schema, staging, "_gix"))
+    if analyze:
+        conn.execute(sql.SQL("ANALYZE {}").format(src))
     if exists:
         try:
             conn.execute(sql.SQL("DROP TABLE {}").format(dst))
@@ -243,11 +256,11 @@ def swap_into_place(
             )
         )
     _set_comment(conn, schema, table, {**comment, "job_ids": [job_id]})
-    return {"rows": rows, "already_swapped": False}
+    return {"rows": rows, "already_swapped": False, "extent": extent}
 
 
 def _append(
-    conn: psycopg.Connection[Any], schema: str, staging: str, table: str, comment: dict[str, Any]
+    conn: psycopg.Connection[Any], schema: str, staging: str, table: str, comment: dict[str, Any], analyze: bool
 ) -> dict[str, Any]:
     ours, theirs = _columns_of(conn, schema, staging), _columns_of(conn, schema, table)
     if ours != theirs:
@@ -273,7 +286,8 @@ def _append(
     )
     rows = _count(conn, schema, staging)
     conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, staging)))
-    conn.execute(sql.SQL("ANALYZE {}").format(dst))
+    if analyze:
+        conn.execute(sql.SQL("ANALYZE {}").format(dst))
     previous = _comment(conn, schema, table)
     _set_comment(
         conn,
@@ -282,6 +296,79 @@ def _append(
         {**previous, **comment, "job_ids": [*previous.get("job_ids", []), comment.get("job_id")][-50:]},
     )
     return {"rows": rows, "already_swapped": False, "fid_offset": int(offset)}
+
+
+def _count_and_extent(
+    conn: psycopg.Connection[Any], schema: str, table: str, geometry: bool
+) -> tuple[int, list[float] | None]:
+    """Rows and the geometries' extent (None: no geometry), in one scan."""
+    if not geometry:
+        return _count(conn, schema, table), None
+    query = sql.SQL(
+        "SELECT n, ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) FROM (SELECT count(*) AS n, ST_Extent({}) AS e "
+        "FROM {}) AS scanned"
+    ).format(sql.Identifier(GEOM), sql.Identifier(schema, table))
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(query).fetchone()
+    assert row is not None
+    extent = None if row[1] is None else [float(v) for v in row[1:]]
+    return int(row[0]), extent
+
+
+def _raise_index_memory(conn: psycopg.Connection[Any]) -> None:
+    """Index builds sort in memory up to maintenance_work_mem: raised (never lowered) for this transaction."""
+    conn.execute(
+        "SELECT set_config('maintenance_work_mem', greatest(pg_size_bytes(current_setting('maintenance_work_mem')),"
+        " pg_size_bytes(%s)) / 1024 || 'kB', true)",
+        (INDEX_BUILD_MEMORY,),
+    )
+
+
+def _index_statement(schema: str, staging: str, suffix: str) -> sql.Composed:
+    """The staging table's key index (``_pk``: unique on fid) or GIST index (``_gix``), if not built yet."""
+    unique, method, column = ("UNIQUE ", "btree", FID) if suffix == "_pk" else ("", "GIST", GEOM)
+    return sql.SQL("CREATE {}INDEX IF NOT EXISTS {} ON {} USING {} ({})").format(
+        sql.SQL(unique),
+        sql.Identifier(_index_name(staging, suffix)),
+        sql.Identifier(schema, staging),
+        sql.SQL(method),
+        sql.Identifier(column),
+    )
+
+
+def build_indexes(
+    connect: Callable[[], AbstractContextManager[psycopg.Connection[Any]]],
+    schema: str,
+    staging: str,
+    geometry: bool,
+) -> dict[str, Any]:
+    """Build the staging table's fid key index and GIST index at the same time, one session each
+    (both take SHARE locks, which do not conflict; nobody else reads a staging table), and count its
+    rows and extent in the key's session while the GIST index builds, all before the swap's
+    transaction, which then only attaches the indexes. Seconds per step, ``rows`` and ``extent``
+    (None: the staging table is gone, e.g. already swapped); a retry finds the indexes built."""
+    scanned: dict[str, Any] = {"rows": None, "extent": None}
+
+    def build(suffix: str) -> float:
+        began = time.monotonic()
+        with connect() as conn, conn.transaction():
+            _raise_index_memory(conn)
+            if table_exists(conn, schema, staging):
+                conn.execute(_index_statement(schema, staging, suffix))
+                if suffix == "_pk":
+                    scanned["rows"], scanned["extent"] = _count_and_extent(conn, schema, staging, geometry)
+        return round(time.monotonic() - began, 3)
+
+    suffixes = ["_gix", "_pk"] if geometry else ["_pk"]
+    with ThreadPoolExecutor(len(suffixes)) as pool:
+        seconds = dict(
+            zip(
+                ("gist" if s == "_gix" else "key_count_extent" for s in suffixes),
+                pool.map(build, suffixes),
+                strict=True,
+            )
+        )
+    return {**seconds, **scanned}
 
 
 def _count(conn: psycopg.Connection[Any], schema: str, table: str) -> int:

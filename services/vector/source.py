@@ -10,14 +10,17 @@ an hour are swept when another source is fetched (an open file stays readable wh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,6 @@ from typing import Any, Protocol
 import pyogrio
 from pyogrio.errors import DataLayerError, DataSourceError
 
-from schemas.errors import BlobNotFoundError
 from services.vector.geometry import VectorInputError
 
 DOWNLOAD_CHUNK_BYTES = 8 * 1024 * 1024
@@ -51,6 +53,9 @@ FORMATS = {  # extension → GDAL driver (the only drivers a source may be opene
 }
 SHAPEFILE_REQUIRED = (".shx", ".dbf")
 SHAPEFILE_OPTIONAL = (".prj", ".cpg", ".qix", ".sbn", ".sbx")
+CURVED_GPKG_TYPES = frozenset(
+    {"CIRCULARSTRING", "COMPOUNDCURVE", "CURVEPOLYGON", "MULTICURVE", "MULTISURFACE", "CURVE", "SURFACE"}
+)
 
 
 class BlobSource(Protocol):
@@ -58,6 +63,7 @@ class BlobSource(Protocol):
 
     def properties(self, container: str, name: str) -> Any: ...
     def download_range(self, container: str, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,21 @@ class LocalSource:
         except (DataSourceError, DataLayerError) as exc:
             raise VectorInputError(f"not a readable {self.driver} file ({_gdal_reason(exc)})") from exc
         return [(str(name), None if gtype is None else str(gtype)) for name, gtype in listed]
+
+    def declares_curves(self, layer: str) -> bool:
+        """Whether the layer declares a curved geometry type (CurvePolygon, MultiSurface …), which
+        pyogrio reports by its linear counterpart. Known for a GeoPackage on disk (its
+        ``gpkg_geometry_columns``); otherwise False (curves then load into Unknown-type layers)."""
+        if self.driver != "GPKG" or self.path.startswith("/vsi"):
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)) as db:
+                row = db.execute(
+                    "SELECT geometry_type_name FROM gpkg_geometry_columns WHERE lower(table_name) = lower(?)", (layer,)
+                ).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and str(row[0]).upper() in CURVED_GPKG_TYPES
 
     def info(self, layer: str) -> dict[str, Any]:
         try:
@@ -148,9 +169,9 @@ def download(storage: BlobSource, container: str, name: str, target: Path, size:
     part.replace(target)
 
 
-def _fetch(storage: BlobSource, container: str, name: str, directory: Path) -> Path:
+def _fetch(storage: BlobSource, container: str, name: str, directory: Path, local_name: str | None = None) -> Path:
     props = storage.properties(container, name)
-    target = directory / name.rsplit("/", 1)[-1]
+    target = directory / (local_name or name.rsplit("/", 1)[-1])
     if not target.exists() or target.stat().st_size != props.size:
         download(storage, container, name, target, int(props.size))
     return target
@@ -189,26 +210,35 @@ def open_source(storage: BlobSource, container: str, name: str, csv: CsvOptions 
         raise VectorInputError(f"{name} is not a supported vector file (extension {ext or 'none'}; supported: {known})")
     etag = str(storage.properties(container, name).etag).strip('"')
     directory = source_directory(container, name, etag)
-    local = _fetch(storage, container, name, directory)
+    if ext == ".shp":  # local names get lower-case extensions, so GDAL finds X.SHP's X.Dbf
+        _fetch_sidecars(storage, container, name, directory)
+        local = _fetch(storage, container, name, directory, _basename(name)[: -len(ext)] + ext)
+    else:
+        local = _fetch(storage, container, name, directory)
     if ext == ".zip":
         return _zip_source(local, etag, csv)
-    if ext == ".shp":
-        _fetch_sidecars(storage, container, name, directory)
     options = (csv or CsvOptions()).open_options() if FORMATS[ext] == "CSV" else {}
     return LocalSource(str(local), FORMATS[ext], options, etag)
 
 
+def _basename(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
 def _fetch_sidecars(storage: BlobSource, container: str, name: str, directory: Path) -> None:
+    """Download the .shp's sidecars beside it, their extensions matched in any case (X.SHP, X.Dbf)."""
     stem = name[: -len(".shp")]
-    missing = []
-    for ext in (*SHAPEFILE_REQUIRED, *SHAPEFILE_OPTIONAL):
-        try:
-            _fetch(storage, container, stem + ext, directory)
-        except BlobNotFoundError:
-            if ext in SHAPEFILE_REQUIRED:
-                missing.append(stem.rsplit("/", 1)[-1] + ext)
+    wanted = (*SHAPEFILE_REQUIRED, *SHAPEFILE_OPTIONAL)
+    found: dict[str, str] = {}
+    for blob in sorted(storage.list_blobs(container, stem), key=lambda b: str(b.name)):
+        ext = str(blob.name)[len(stem) :].lower()
+        if ext in wanted:
+            found.setdefault(ext, str(blob.name))
+    missing = [_basename(stem) + ext for ext in SHAPEFILE_REQUIRED if ext not in found]
     if missing:
         raise VectorInputError(f"the shapefile's sidecar file(s) {', '.join(missing)} are missing beside {name}")
+    for ext, blob_name in found.items():
+        _fetch(storage, container, blob_name, directory, _basename(stem) + ext)
 
 
 def check_zip(path: Path) -> list[zipfile.ZipInfo]:

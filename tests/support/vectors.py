@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import sqlite3
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -168,3 +171,56 @@ def points_gpkg(path: Path, count: int, *, layer: str = "points") -> Path:
         crs="EPSG:4326",
     )
     return path
+
+
+def _coords(points: list[tuple[float, float]]) -> bytes:
+    return struct.pack("<I", len(points)) + b"".join(struct.pack("<dd", x, y) for x, y in points)
+
+
+def _iso(code: int, body: bytes) -> bytes:
+    return struct.pack("<BI", 1, code) + body
+
+
+def _parts(code: int, *parts: bytes) -> bytes:
+    return _iso(code, struct.pack("<I", len(parts)) + b"".join(parts))
+
+
+ARC = [(0.0, 0.0), (1.0, 1.0), (2.0, 0.0), (1.0, -1.0), (0.0, 0.0)]  # a closed circular string: a circle
+CIRCULAR_STRING = _iso(8, _coords([(0, 0), (1, 1), (2, 0)]))
+COMPOUND_CURVE = _parts(9, CIRCULAR_STRING, _iso(2, _coords([(2, 0), (3, 0)])))
+CURVE_POLYGON = _parts(10, _iso(8, _coords(ARC)))
+MULTI_CURVE = _parts(11, _iso(2, _coords([(0, 5), (1, 5)])), CIRCULAR_STRING)
+MULTI_SURFACE = _parts(12, CURVE_POLYGON, _iso(3, struct.pack("<I", 1) + _coords([(5, 5), (6, 5), (6, 6), (5, 5)])))
+
+
+def curves_gpkg(path: Path) -> Path:
+    """Layer ``arcs`` declared CURVEPOLYGON (a curve polygon, a plain polygon, a NULL) and layer
+    ``curves`` of type GEOMETRY holding each curved type. pyogrio cannot declare a curved layer type,
+    so the layer is written as GEOMETRY and its ``gpkg_geometry_columns`` row set to CURVEPOLYGON,
+    as GDAL itself writes it."""
+    arcs = np.array([CURVE_POLYGON, shapely.to_wkb(shapely.box(0, 0, 1, 1)), None], dtype=object)
+    write(
+        path, arcs, [np.array([1, 2, 3])], ["n"], layer="arcs", driver="GPKG", geometry_type="Unknown", crs="EPSG:2056"
+    )
+    every = np.array([CIRCULAR_STRING, COMPOUND_CURVE, CURVE_POLYGON, MULTI_CURVE, MULTI_SURFACE], dtype=object)
+    names = np.array(["CircularString", "CompoundCurve", "CurvePolygon", "MultiCurve", "MultiSurface"], dtype=object)
+    write(
+        path,
+        every,
+        [names],
+        ["kind"],
+        layer="curves",
+        driver="GPKG",
+        geometry_type="Unknown",
+        crs="EPSG:2056",
+        append=True,
+    )
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE gpkg_geometry_columns SET geometry_type_name = 'CURVEPOLYGON' WHERE table_name = 'arcs'")
+    return path
+
+
+def shapefile_upper_case(folder: Path) -> list[Path]:
+    """The ``shapefile`` fixture named ``PARCELS.SHP`` with sidecars ``PARCELS.DBF``, ``.Shx``, ``.PRJ``, ``.cpg``."""
+    cases = {".shp": ".SHP", ".dbf": ".DBF", ".shx": ".Shx", ".prj": ".PRJ", ".cpg": ".cpg"}
+    return [part.rename(part.with_name("PARCELS" + cases[part.suffix])) for part in shapefile(folder, "parcels")]

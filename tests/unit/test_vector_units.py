@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from controllers.stage_vector import StageVectorController, StageVectorParameters, feature_ranges, swap_parameters
 from devstack import bootstrap
+from services.vector import wkb as wkb_io
 from services.vector.geometry import GeometryColumn, VectorInputError, column_for, prepare_geometries, srid_of
 from services.vector.names import default_table_name, identifier_problem, launder, unique_names
 from services.vector.source import check_zip, extension_of
@@ -121,7 +123,7 @@ def test_make_valid_promotes_and_sets_the_srid() -> None:
     column = GeometryColumn("MultiPolygon", False, 3857)
     batch = prepare_geometries(_wkb(shapely.box(0, 0, 1, 1), vectors.BOWTIE, None), column, "make_valid")
     assert batch.keep.tolist() == [True, True, True] and batch.made_valid == 1 and batch.null_geometries == 1
-    geoms = shapely.from_wkb(np.array([g for g in batch.ewkb if g is not None], dtype=object))
+    geoms = shapely.from_wkb(np.array([g for g in batch.ewkb.to_pylist() if g is not None], dtype=object))
     assert shapely.get_type_id(geoms).tolist() == [6, 6] and shapely.is_valid(geoms).all()
     assert shapely.get_srid(geoms).tolist() == [3857, 3857]
     assert batch.bounds == (0.0, 0.0, 10.0, 10.0)
@@ -130,7 +132,7 @@ def test_make_valid_promotes_and_sets_the_srid() -> None:
 def test_skip_counts_reasons_and_fail_names_the_feature() -> None:
     column = GeometryColumn("MultiPolygon", False, 0)
     skipped = prepare_geometries(_wkb(vectors.BOWTIE, shapely.Point(0, 0)), column, "skip")
-    assert skipped.keep.tolist() == [False, False] and skipped.ewkb == []
+    assert skipped.keep.tolist() == [False, False] and len(skipped.ewkb) == 0
     assert skipped.skipped == {
         "invalid geometry: Self-intersection": 1,
         "geometry type Point does not fit a MultiPolygon column": 1,
@@ -144,13 +146,13 @@ def test_z_kept_or_dropped_and_m_always_dropped() -> None:
     m = shapely.from_wkt("POINT M (1 2 4)")
     flat = shapely.Point(5, 6)
     with_z = prepare_geometries(_wkb(zm, m, flat), GeometryColumn("Point", True, 0), "make_valid")
-    assert [shapely.to_wkt(g) for g in shapely.from_wkb(np.array(with_z.ewkb, dtype=object))] == [
+    assert [shapely.to_wkt(g) for g in shapely.from_wkb(np.array(with_z.ewkb.to_pylist(), dtype=object))] == [
         "POINT Z (1 2 3)",
         "POINT Z (1 2 0)",
         "POINT Z (5 6 0)",
     ]
     without = prepare_geometries(_wkb(zm), GeometryColumn("Point", False, 0), "make_valid")
-    assert shapely.to_wkt(shapely.from_wkb(without.ewkb[0])) == "POINT (1 2)"
+    assert shapely.to_wkt(shapely.from_wkb(without.ewkb.to_pylist()[0])) == "POINT (1 2)"
 
 
 def test_srid_of_epsg_wkt_none_and_garbage() -> None:
@@ -226,16 +228,64 @@ def test_bootstrap_installs_postgis_for_the_installed_postgres() -> None:
 
 
 @pytest.mark.parametrize("srid, multi_code", [(0, 0), (2056, 0), (2056, 6), (0, 6)])
-def test_vectorised_ewkb_headers_match_the_per_value_rule(srid: int, multi_code: int) -> None:
-    from services.vector.geometry import _ewkb, _ewkb_many
-
-    values = _wkb(
+def test_ewkb_byte_surgery_sets_srid_and_promotes_without_geos(srid: int, multi_code: int) -> None:
+    geoms = [
         shapely.box(0, 0, 1, 1),
         shapely.MultiPolygon([shapely.box(2, 2, 3, 3)]),
         shapely.Polygon([(0, 0, 1), (1, 0, 2), (1, 1, 3), (0, 0, 1)]),
         shapely.Point(1, 2),
-    )
-    assert _ewkb_many(values, srid, multi_code) == [_ewkb(v, srid, multi_code) for v in values]
-    decoded = shapely.from_wkb(np.array(_ewkb_many(values, srid, multi_code), dtype=object))
-    assert shapely.get_srid(decoded).tolist() == [srid] * 4
-    assert shapely.equals(decoded, shapely.from_wkb(values)).all()
+    ]
+    values = pa.array(list(_wkb(None, *geoms)), type=pa.binary()).slice(1)  # a slice: offsets start past 0
+    heads = wkb_io.headers(values)
+    assert heads.code.tolist() == [3, 6, 3, 1] and heads.has_z.tolist() == [False, False, True, False]
+    encoded = wkb_io.to_ewkb(values, heads, np.array([True, True, True, False]), srid, multi_code)
+    assert encoded.null_count == 1
+    decoded = shapely.from_wkb(np.array(encoded.to_pylist()[:3], dtype=object))
+    assert shapely.get_srid(decoded).tolist() == [srid] * 3
+    assert shapely.equals(decoded, shapely.from_wkb(_wkb(*geoms[:3]))).all()
+    expected_types = [6, 6, 6] if multi_code else [3, 6, 3]
+    assert shapely.get_type_id(decoded).tolist() == expected_types
+
+
+def test_unchecked_loads_an_invalid_geometry_as_it_is_and_leaves_bounds_to_the_database() -> None:
+    column = GeometryColumn("MultiPolygon", False, 2056)
+    batch = prepare_geometries(_wkb(vectors.BOWTIE, shapely.Point(0, 0), None), column, "unchecked")
+    assert batch.keep.tolist() == [True, False, True] and batch.made_valid == 0 and batch.null_geometries == 1
+    assert batch.skipped == {"geometry type Point does not fit a MultiPolygon column": 1}
+    loaded = shapely.from_wkb(batch.ewkb.to_pylist()[0])
+    assert not shapely.is_valid(loaded) and shapely.get_type_id(loaded) == 6
+    assert not batch.bounds_complete
+
+
+def test_curved_geometries_pass_through_a_geometry_column_and_misfit_elsewhere() -> None:
+    curve = _curve_polygon_wkb()
+    values = [curve, shapely.to_wkb(shapely.box(0, 0, 1, 1)), b"\x01\x63"]
+    loaded = prepare_geometries(values, GeometryColumn("Geometry", False, 2056), "make_valid")
+    assert loaded.keep.tolist() == [True, True, False] and loaded.skipped == {"unreadable geometry": 1}
+    first = loaded.ewkb.to_pylist()[0]
+    assert first[:1] == b"\x01" and int.from_bytes(first[1:5], "little") == 10 | wkb_io.SRID_FLAG
+    assert int.from_bytes(first[5:9], "little") == 2056 and first[9:] == curve[5:]
+    assert not loaded.bounds_complete
+    misfit = prepare_geometries([curve], GeometryColumn("MultiPolygon", False, 0), "make_valid")
+    assert misfit.skipped == {"geometry type CurvePolygon does not fit a MultiPolygon column": 1}
+    flat = prepare_geometries([curve], GeometryColumn("Geometry", True, 0), "make_valid")
+    assert list(flat.skipped) == [
+        "geometry type CurvePolygon cannot be reprojected or change dimensions (GEOS cannot read it)"
+    ]
+
+
+def _curve_polygon_wkb() -> bytes:
+    """CURVEPOLYGON(CIRCULARSTRING(0 0, 1 1, 2 0, 1 -1, 0 0)) as little-endian ISO WKB."""
+    points = [(0, 0), (1, 1), (2, 0), (1, -1), (0, 0)]
+    ring = struct.pack("<BII", 1, 8, len(points)) + b"".join(struct.pack("<dd", x, y) for x, y in points)
+    return struct.pack("<BII", 1, 10, 1) + ring
+
+
+def test_load_slices_halve_large_ranges_and_keep_the_open_end() -> None:
+    from controllers.stage_vector_parameters import MIN_SLICE_FEATURES, load_slices
+
+    assert load_slices(0, 100_000, 250_000) == [(0, 50_000), (50_000, 100_000)]
+    assert load_slices(200_000, None, 250_000) == [(200_000, 225_000), (225_000, None)]
+    small = 2 * MIN_SLICE_FEATURES - 1
+    assert load_slices(0, small, 10**6) == [(0, small)]
+    assert load_slices(5, None, 3) == [(5, None)]  # a count that was short: one open-ended slice
