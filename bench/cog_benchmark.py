@@ -1,9 +1,9 @@
 """process_raster's COG conversion against GDAL's COG driver on the same input, and per-task memory.
 
     python -m bench.cog_benchmark [--size 7168] [--repeats 3] [--big-size 28672] [--no-big] [--warp-size 8192]
-                                  [--workers 2] [--threads 2]
+                                  [--workers 2] [--threads 2] [--baselines direct_vsiaz ...]
 
-One run, on a private stack (bench/common.py: in-memory Azurite, throwaway database, the local host
+One run, on a private stack (bench/common.py: Azurite on disk, throwaway database, the local host
 with ``--workers`` workers and the default 1 GiB per-task budget):
 
 1. Generates a terrain-like float32 GeoTIFF (devstack/sample_raster.py; ``--size`` px a side, at
@@ -12,7 +12,9 @@ with ``--workers`` workers and the default 1 GiB per-task budget):
    with the options process_raster uses (deflate level 6, floating-point predictor, 512 px blocks,
    average overviews, GDAL threads and cache), from the local file and from the same blob through
    /vsiaz/, each to a local file; and a process_raster job submitted over HTTP and polled to its end.
-   The cog stage's time is its tasks' span in Postgres (first start to last completion).
+   The cog stage's time is its tasks' span in Postgres (first start to last completion); each run
+   records the load average it started at, each job its cog task's steps; odd repeats run the job
+   first. ``--baselines`` picks the direct runs.
 3. Converts a raster of at least 3 GB uncompressed (``--big-size``) and reports every task's peak
    RSS twice: as the task measured it (a sampling thread in the worker) and as this script sampled
    the worker process (/proc/<pid>/status every 50 ms) while the task ran.
@@ -119,6 +121,13 @@ def run_job(base_url: str, parameters: dict[str, Any], timeout: float) -> dict[s
     }
 
 
+def cog_task_steps(job: dict[str, Any]) -> dict[str, float]:
+    """The cog stage's task's steps (the slowest task's, for a tiled source) and its own span."""
+    task = max((t for t in job["tasks"] if t["stage"] == 3), key=lambda t: parse_time(t["completed_at"]))
+    span = parse_time(task["completed_at"]) - parse_time(task["started_at"])
+    return {**((task["result"] or {}).get("seconds") or {}), "task_s": round(span, 3)}
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -170,14 +179,9 @@ def compare(
     env_remote = {**storage.gdal_options(), **env_local}
     # GDAL writes a COG to /vsiaz/ through a local temporary file, uploaded when it is closed.
     env_blob_to_blob = {**env_remote, "CPL_VSIL_USE_TEMP_FILE_FOR_RANDOM_WRITE": "YES"}
-    runs: dict[str, list[float]] = {
-        "direct_local": [],
-        "direct_vsiaz": [],
-        "direct_blob_to_blob": [],
-        "cog_stage": [],
-        "submit_to_completed": [],
-    }
+    runs: dict[str, list[float]] = {name: [] for name in [*args.baselines, *OURS]}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    loads: dict[str, list[float]] = {name: [] for name in runs}  # 1-min load average as each run started
     account = measure.CpuAccount(
         {
             "azurite": lambda: [stack.azurite.process.pid] if stack.azurite else [],
@@ -188,6 +192,7 @@ def compare(
     def measured(name: str, action: Callable[[], float]) -> float:
         """Run one variant from an idle machine, recording its seconds and the CPU it used."""
         measure.wait_until_quiet()
+        loads[name].append(round(os.getloadavg()[0], 2))
         account.start()
         seconds = action()
         cpu[name].append(account.stop())
@@ -208,19 +213,30 @@ def compare(
     creation = cog_creation_options(options, "float32")
     jobs: list[dict[str, Any]] = []
     run_job(host.base_url, {"blob_name": blob, "collection_id": "bench-warmup"}, timeout=args.timeout)  # warm-up
+    baselines: dict[str, Callable[[], float]] = {
+        "direct_local": lambda: direct_conversion(str(source), work / "direct.tif", env_local, options),
+        "direct_vsiaz": lambda: direct_conversion(remote, work / "direct.tif", env_remote, options),
+        "direct_blob_to_blob": blob_to_blob,
+    }
+    steps: list[dict[str, float]] = []  # the cog task's steps (services/raster/pipeline.py), per repeat
     for repeat in range(args.repeats):
-        measured("direct_local", lambda: direct_conversion(str(source), work / "direct.tif", env_local, options))
-        measured("direct_vsiaz", lambda: direct_conversion(remote, work / "direct.tif", env_remote, options))
-        measured("direct_blob_to_blob", blob_to_blob)
-        measured("submit_to_completed", functools.partial(one_job, f"bench-{repeat}"))
-        job = jobs[-1]
-        runs["cog_stage"].append(job["cog_stage_s"])
-        cpu["cog_stage"].append(cpu["submit_to_completed"][-1])  # one account covers the whole job
+        # Alternate the order too, so a trend in the machine's load does not favour one side.
+        order = [*args.baselines, "job"] if repeat % 2 == 0 else ["job", *args.baselines]
+        for name in order:
+            if name != "job":
+                measured(name, baselines[name])
+                continue
+            measured("submit_to_completed", functools.partial(one_job, f"bench-{repeat}"))
+            job = jobs[-1]
+            runs["cog_stage"].append(job["cog_stage_s"])
+            cpu["cog_stage"].append(cpu["submit_to_completed"][-1])  # one account covers the whole job
+            loads["cog_stage"].append(loads["submit_to_completed"][-1])
+            steps.append(cog_task_steps(job))
         common.log(
-            f"repeat {repeat + 1}: direct local {runs['direct_local'][-1]:.2f}s, "
-            f"direct /vsiaz/ {runs['direct_vsiaz'][-1]:.2f}s, blob to blob {runs['direct_blob_to_blob'][-1]:.2f}s, "
-            f"cog stage {job['cog_stage_s']:.2f}s, "
-            f"job {job['submit_to_completed_s']:.2f}s"
+            f"repeat {repeat + 1}: "
+            + ", ".join(f"{name} {runs[name][-1]:.2f}s" for name in args.baselines)
+            + f", cog stage {job['cog_stage_s']:.2f}s (steps {steps[-1]}), job {job['submit_to_completed_s']:.2f}s; "
+            f"load average {os.getloadavg()[0]:.2f}"
         )
     medians = {name: median(values) for name, values in runs.items()}
     fastest = {name: min(values) for name, values in runs.items()}
@@ -235,13 +251,18 @@ def compare(
         },
         "median_s": medians,
         "min_s": fastest,
+        "load_1m": loads,
+        "cog_task_steps_s": steps,
+        "median_cog_task_steps_s": {name: median([s[name] for s in steps if name in s]) for name in steps[0]},
         "ratios": {
             f"{ours}/{baseline}": {
                 "median": medians[ours] / medians[baseline],
                 "min": fastest[ours] / fastest[baseline],
+                # Per repeat, each against the baseline run next to it.
+                "per_repeat": [round(a / b, 3) for a, b in zip(runs[ours], runs[baseline], strict=True)],
             }
             for ours in OURS
-            for baseline in BASELINES
+            for baseline in args.baselines
         },
         "last_job_tasks": per_task_memory(jobs[-1], None),
         "job_timelines_s": [job["timeline_s"] for job in jobs],
@@ -316,10 +337,13 @@ def print_report(report: dict[str, Any]) -> None:
           f"{len(comparison['runs_s']['cog_stage'])} repeats, {report['cpus']} CPUs, {report['workers']} workers; "
           f"options {report['options']}")  # fmt: skip
     print(f"  {'seconds':<52} {'median':>7} {'min':>7}")
-    for name, label in {**BASELINES, **OURS}.items():
-        print(f"  {label:<52} {comparison['median_s'][name]:7.2f} {comparison['min_s'][name]:7.2f}")
+    shown = {name: label for name, label in {**BASELINES, **OURS}.items() if name in comparison["median_s"]}
+    for name, label in shown.items():
+        loads = comparison["load_1m"][name]
+        print(f"  {label:<52} {comparison['median_s'][name]:7.2f} {comparison['min_s'][name]:7.2f}"
+              f"  (load average {min(loads):.2f}-{max(loads):.2f})")  # fmt: skip
     print(f"  {'CPU seconds per run (median; direct runs are in other)':<52} {'azurite':>7} {'host':>7} {'other':>7}")
-    for name, label in {**BASELINES, **OURS}.items():
+    for name, label in shown.items():
         used = comparison["median_cpu_s"][name]
         print(f"  {label:<52} {used['azurite']:7.2f} {used['host']:7.2f} {used['other']:7.2f}")
     print(f"  {'ratio':<52} {'median':>7} {'min':>7}")
@@ -329,6 +353,8 @@ def print_report(report: dict[str, Any]) -> None:
         label = f"{ours} / {baseline}"
         note = f"  (target <= {target})" if target else ""
         print(f"  {label:<52} {ratio['median']:7.2f} {ratio['min']:7.2f}{note}")
+        print(f"    per repeat: {ratio['per_repeat']}")
+    print(f"  cog task steps (median s): {comparison['median_cog_task_steps_s']}")
     for task in comparison["last_job_tasks"]:
         if task["stage"] == 3:
             print(f"  cog task {task['task']}: {task['seconds']:.2f} s, steps {task['steps_s']}")
@@ -351,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         "--warp-size", type=int, default=8192, help="side of the warped memory run's input (float32), px; 0 skips it"
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--baselines", nargs="+", choices=list(BASELINES), default=list(BASELINES), help="direct runs to compare with"
+    )
     parser.add_argument(
         "--threads", type=int, default=2, help="GDAL threads, for the direct runs and the workers (GDAL_THREADS)"
     )

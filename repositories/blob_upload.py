@@ -35,10 +35,14 @@ _MIB = 1024 * 1024
 # The first block is at most this big: COG writers rewrite the header at close, and re-sending a
 # small head block instead of a whole ``block_bytes`` one is what keeps the commit short.
 HEAD_BLOCK_BYTES = 1 * _MIB
+# Blocks of a growing file are at most this big, whatever the storage's block size: what is left to
+# send when the writer closes is the last block, the margin and the head, so small blocks keep the
+# commit short (Put Block costs the service the same per byte at 4 and at 64 MiB: bench/README.md).
+GROWING_BLOCK_BYTES = 4 * _MIB
 # A block is staged while writing once the file extends this far past it (at most one block).
 # Writers only append until they close, so bytes below the size are final; the margin keeps reads
 # clear of a write still in progress. A wrong guess costs one re-staged block, never correctness.
-MARGIN_BYTES = 4 * _MIB
+MARGIN_BYTES = 1 * _MIB
 _COUNTER_DIGITS = 6
 
 
@@ -90,9 +94,10 @@ Guarded = Callable[[str], AbstractContextManager[None]]
 class GrowingFileUpload:
     """Uploads ``path`` to one block blob while it is written; see ``BlobStorage.upload_while_written``.
 
-    Blocks: a head block of ``min(block_bytes, HEAD_BLOCK_BYTES)``, then ``block_bytes`` each.
+    Blocks: a head block of ``min(block_bytes, HEAD_BLOCK_BYTES)``, then ``min(block_bytes,
+    GROWING_BLOCK_BYTES)`` each.
     Counts, set as blocks go: ``staged_while_writing`` (sent before ``commit``), ``staged_at_commit``
-    (sent by ``commit``; 1 for the single Put Blob of a file of at most ``block_bytes``), of which
+    (sent by ``commit``; 1 for the single Put Blob of a file of at most that block size), of which
     ``restaged`` had been sent while writing and then changed.
     """
 
@@ -108,7 +113,8 @@ class GrowingFileUpload:
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self._blob, self._path, self._content_type = blob, path, content_type
-        self._block_bytes, self._head_bytes = block_bytes, min(block_bytes, HEAD_BLOCK_BYTES)
+        self._block_bytes = min(block_bytes, GROWING_BLOCK_BYTES)
+        self._head_bytes = min(block_bytes, HEAD_BLOCK_BYTES)
         self._margin_bytes = min(block_bytes, MARGIN_BYTES)
         self._guarded, self._poll_seconds = guarded, poll_seconds
         self._nonce = new_upload_nonce()
@@ -252,15 +258,23 @@ class GrowingFileUpload:
         # Blocks a background stage is still sending are compared once it is done, so the tail
         # is staged meanwhile instead of queueing behind them.
         deferred: list[tuple[int, bytes, int]] = []
-        while data := source.read(self._span(index)[1]):
-            digest.update(data)
-            size += len(data)
-            background = self._in_flight.get(index)
-            if background is not None and not background.done():
-                deferred.append((index, block_digest(data), len(data)))
-            else:
-                self._stage_if_changed(index, data, block_digest(data), at_commit)
-            index += 1
+        # The file's SHA-256 is computed in a thread of its own while this one digests the blocks
+        # (both release the GIL): two passes over the file at the time of one, a block ahead at most.
+        with ThreadPoolExecutor(1, thread_name_prefix=f"{THREAD_NAME_PREFIX}-sha256") as hasher:
+            hashed: Future[None] | None = None
+            while data := source.read(self._span(index)[1]):
+                if hashed is not None:
+                    hashed.result()
+                hashed = hasher.submit(digest.update, data)
+                size += len(data)
+                background = self._in_flight.get(index)
+                if background is not None and not background.done():
+                    deferred.append((index, block_digest(data), len(data)))
+                else:
+                    self._stage_if_changed(index, data, block_digest(data), at_commit)
+                index += 1
+            if hashed is not None:
+                hashed.result()
         self._settle()
         for late, digest_then, length in deferred:
             if self._changed(late, digest_then, length):  # rare: re-read just that block

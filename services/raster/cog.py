@@ -3,9 +3,11 @@
 1. Where pixels or masks must be rewritten first (a warped source; a lossy compression with a
    nodata value, which becomes an internal mask since JPEG/WebP would blur it), ``stage_window``
    copies one window of the source (a /vsiaz/ path read in place) into a local, uncompressed,
-   512-px tiled GeoTIFF, one 512-row strip at a time. Every window is staged like this by default;
-   services/raster/convert.py can instead let the COG driver read the window straight from the source
-   through a VRT where nothing is rewritten (opt-in ``read_directly``; the same file byte for byte).
+   512-px tiled GeoTIFF, one 512-row strip at a time. Every other window is staged like this by
+   default, except a window that is the whole source, which process_raster converts from a local
+   copy of the blob; services/raster/convert.py can also let the COG driver read the window straight
+   from the source through a VRT where nothing is rewritten (opt-in ``read_directly``). All three
+   write the same file byte for byte.
 2. ``write_cog`` runs GDAL's COG driver on that with explicit creation options
    (``cog_creation_options``: compression and level, the predictor for the data type, 512-px
    blocks, overview resampling, GDAL threads); rio-cogeo still validates every output
@@ -208,14 +210,19 @@ def stage_window(
                 staged.write_mask(reader.dataset_mask(window=read_window), window=write_window)
 
 
-def write_cog(staged: Path, destination: Path, options: CogOptions, *, dtype: str) -> None:
-    """Convert the window (staged, or a VRT over the source: services/raster/convert.py) to a COG with
-    GDAL's COG driver (overviews down to one block). Overviews are always computed from the pixels
-    with the chosen resampling: a VRT exposes a source's own overviews, which the driver would
-    otherwise copy (OVERVIEWS=AUTO)."""
+def write_cog(staged: Path, destination: Path, options: CogOptions, *, dtype: str, driver: str | None = None) -> None:
+    """Convert the window (staged, a local copy of the source, or a VRT over the source:
+    services/raster/convert.py) to a COG with GDAL's COG driver (overviews down to one block), opening
+    ``staged`` with ``driver`` only when given. Overviews are always computed from the pixels with
+    the chosen resampling: a VRT or a copied source exposes the source's own overviews, which the
+    driver would otherwise copy (OVERVIEWS=AUTO)."""
     creation = {**cog_creation_options(options, dtype), "OVERVIEWS": "IGNORE_EXISTING"}
     with rasterio.Env(**gdal_config(options)):
-        gdal_copy(str(staged), str(destination), driver="COG", **creation)
+        if driver is None:
+            gdal_copy(str(staged), str(destination), driver="COG", **creation)
+            return
+        with rasterio.open(staged, driver=driver) as source:
+            gdal_copy(source, str(destination), driver="COG", **creation)
 
 
 NOT_TILED = "The file is greater than 512xH or 512xW, but is not tiled"

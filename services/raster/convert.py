@@ -1,14 +1,24 @@
-"""The source GDAL's COG driver converts one tile window from: a VRT over the source itself, or a staged copy.
+"""The source GDAL's COG driver converts one tile window from: a local copy of the whole blob, a VRT
+over the source itself, or a staged copy of the window.
 
-Staging a window to a local uncompressed file (``services/raster/cog.stage_window``) is a serial
-step before the conversion: one read of the source, one uncompressed write; the COG driver then reads
-the local file twice (overviews, then the copy). With ``read_directly`` (off by default, see below)
-the COG driver instead reads the window straight from the source, where nothing has to be rewritten
-on the way, through a small VRT (``window_vrt``): a ``SimpleSource`` per band
-with the window as its source rectangle (a pixel-for-pixel copy, no resampling), the window's
-geotransform, the resolved CRS (an assumed one too), nodata, the per-dataset mask (``mask,1``),
-colour interpretation, colour table, band descriptions, units, scales, offsets and the dataset
-tags, which is everything ``stage_window`` carries over. GDAL writes the same file byte for byte.
+A window that is the whole source (a raster converted as one tile) is converted from a local copy of
+the blob, downloaded with parallel ranged GETs (``repositories/blob_download.py``, ``copy_source``):
+the bytes as stored, nothing decoded or rewritten on the way, then the COG driver reads that file
+like any local GeoTIFF (opened as a GTiff only). Measured with bench/cog_benchmark.py against GDAL's
+COG driver reading the blob over /vsiaz/ (bench/README.md "COG conversion"): the copy costs one read
+of the blob instead of the driver's two, and it writes the same COG byte for byte as the staged path.
+A window that must be rewritten (below) is staged from that local copy instead of from the blob.
+
+For a window of a larger source, staging it to a local uncompressed file
+(``services/raster/cog.stage_window``) is a serial step before the conversion: one read of the
+source, one uncompressed write; the COG driver then reads the local file twice (overviews, then the
+copy). With ``read_directly`` (off by default, see below) the COG driver instead reads the window
+straight from the source, where nothing has to be rewritten on the way, through a small VRT
+(``window_vrt``): a ``SimpleSource`` per band with the window as its source rectangle (a pixel-for-
+pixel copy, no resampling), the window's geotransform, the resolved CRS (an assumed one too),
+nodata, the per-dataset mask (``mask,1``), colour interpretation, colour table, band descriptions,
+units, scales, offsets and the dataset tags, which is everything ``stage_window`` carries over. GDAL
+writes the same file byte for byte.
 
 Why it is off by default: measured with bench/cog_paths.py (7168² float32, deflate, 2 GDAL threads,
 Azurite on the same 2-CPU machine, 5 interleaved repeats on a quiet machine) the direct read took
@@ -34,12 +44,14 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
+from repositories.blob_download import download_to_file
 from repositories.blob_storage import BlobStorage
 from schemas.errors import PermanentTaskError
 from services.raster.cog import CogOptions, gdal_config, stage_window, write_cog
@@ -157,13 +169,19 @@ def window_source(
     *,
     nodata_as_mask: bool,
     read_directly: bool = False,
+    local_copy: Path | None = None,
 ) -> tuple[Path, str | None]:
-    """What the COG driver converts ``window`` from, written into ``work``: a VRT over ``path``
-    (``dataset`` opened from it) and None, or the window staged locally and why it had to be
-    (only with ``read_directly``: the default stages every window, see the module docstring).
+    """What the COG driver converts ``window`` from, written into ``work``, and why the window had
+    to be staged (None when it was not): ``local_copy`` itself (a copy of the whole blob that
+    ``dataset`` was opened from), a VRT over ``path`` (``dataset`` opened from it; with
+    ``read_directly``), or the window staged locally (see the module docstring).
     GDAL's errors are translated (``gdal_error``)."""
     try:
         reason = needs_staging(dataset, metadata, nodata_as_mask=nodata_as_mask)
+        if reason is None and local_copy is not None:
+            if not metadata.crs_assumed and dataset.crs == metadata.crs:
+                return local_copy, None
+            reason = "the CRS is assumed"  # the copy has none (or another): stage it with the assumed one
         reason = reason or (None if read_directly else "staged")
         if reason is None:
             return write_window_vrt(dataset, path, window, work / "window.vrt", crs=metadata.crs), None
@@ -175,14 +193,56 @@ def window_source(
         raise gdal_error(exc, path) from exc
 
 
+# The memory model (services/raster/tiling.py) counts a tile's temporary file as the tile's pixels
+# uncompressed, in case it is memory-backed: a blob bigger than that (uncompressed with overviews,
+# several images) is staged, not copied whole. The download's parts in flight (2 x 32 MiB) come
+# before the upload's blocks and GDAL's cache are used, within what the model counts for those.
+COPY_SLACK_RATIO = 1.0
+COPY_SLACK_BYTES = 1024 * 1024  # the TIFF header and tile offsets of an uncompressed file
+
+
+def copies_whole_source(metadata: RasterMetadata, window: TileWindow, blob_bytes: int) -> bool:
+    """Whether the cog task converts ``window`` from a local copy of the whole blob: the window is
+    the whole (unwarped) source, and the blob is not much bigger than its pixels."""
+    if metadata.warp is not None or (window.col_off, window.row_off) != (0, 0):
+        return False
+    if (window.width, window.height) != (metadata.width, metadata.height):
+        return False
+    pixel_bytes = window.width * window.height * metadata.count * np.dtype(metadata.dtype).itemsize
+    return blob_bytes <= pixel_bytes * COPY_SLACK_RATIO + COPY_SLACK_BYTES
+
+
+def copy_source(storage: BlobStorage, container: str, blob: str, destination: Path, *, size: int, etag: str) -> Path:
+    """Download the blob (``size`` bytes at ``etag``, from its properties) to ``destination`` with
+    parallel ranged GETs; refuse a blob written meanwhile (its etag changed), since each range is a
+    request of its own."""
+    download_to_file(storage, container, blob, destination, size=size)
+    check_source_unchanged(storage, container, blob, etag)
+    return destination
+
+
 def convert_window(
-    storage: BlobStorage, source: Path, destination: Path, options: CogOptions, *, dtype: str, path: str, direct: bool
+    storage: BlobStorage,
+    source: Path,
+    destination: Path,
+    options: CogOptions,
+    *,
+    dtype: str,
+    path: str,
+    direct: bool,
+    local_copy: bool = False,
 ) -> None:
     """``write_cog`` from ``window_source``'s file. A VRT (``direct``) reads ``path`` as it goes: inside
-    the storage's GDAL environment, GDAL's errors translated as reading ``path``'s. A staged file is
+    the storage's GDAL environment, GDAL's errors translated as reading ``path``'s. A local copy of
+    the blob (``local_copy``) is opened as a GTiff only, like the blob itself; a staged file is
     converted as it always was."""
     if not direct:
-        write_cog(source, destination, options, dtype=dtype)
+        try:
+            write_cog(source, destination, options, dtype=dtype, driver="GTiff" if local_copy else None)
+        except RasterioError as exc:
+            if not local_copy:
+                raise
+            raise gdal_error(exc, path) from exc
         return
     try:
         with storage.gdal_env(**gdal_config(options)):

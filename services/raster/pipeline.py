@@ -35,7 +35,13 @@ from services.raster.cog import (
     compression_problem,
     gdal_config,
 )
-from services.raster.convert import check_source_unchanged, convert_window, window_source
+from services.raster.convert import (
+    check_source_unchanged,
+    convert_window,
+    copies_whole_source,
+    copy_source,
+    window_source,
+)
 from services.raster.gdal_errors import gdal_error
 from services.raster.inspect import RasterMetadata, UnsupportedRasterError, inspect_dataset, tiff_truncation_problem
 from services.raster.memory import release_free_memory, track_peak_rss
@@ -177,9 +183,11 @@ def convert_tile(
     conversion_slots: threading.Semaphore,
     slot_wait_seconds: float = DEFAULT_SLOT_WAIT_SECONDS,
     read_directly: bool = False,
+    copy_whole_source: bool = False,
 ) -> dict[str, Any]:
-    """Stage the window locally (``read_directly``: let the COG driver read it from the source where
-    it can), convert it to a COG while uploading it, validate, commit; record what was written."""
+    """Stage the window locally (``copy_whole_source``: copy the blob when the window is all of it;
+    ``read_directly``: let the COG driver read it from the source where it can), convert it to a COG
+    while uploading it, validate, commit; record what was written (services/raster/convert.py)."""
     steps = StepTimer()
     path = storage.vsiaz_path(source.container, source.blob)
     lossy_with_nodata = options.compression in LOSSY_COMPRESSIONS and metadata.nodata is not None
@@ -195,12 +203,25 @@ def convert_tile(
                     retry_after=random.uniform(*HAND_BACK_SECONDS),
                 )
         try:
-            # The window is staged locally (one read of the source); with read_directly the COG driver
-            # reads it from the source through a VRT instead where it can: services/raster/convert.py.
+            # The window is staged locally (one read of the source), or a whole source copied as it is
+            # stored (copy_whole_source); with read_directly the COG driver reads it from the source
+            # through a VRT instead where it can: services/raster/convert.py.
+            local_copy: Path | None = None
             with steps("stage"), storage.gdal_env(**gdal_config(options)):
                 # Read before the GTiff-only open, for check_source_unchanged (a direct read reopens by name).
-                etag = storage.properties(source.container, source.blob).etag if read_directly else ""
-                with open_raster(path) as dataset:
+                info = storage.properties(source.container, source.blob) if read_directly or copy_whole_source else None
+                etag = info.etag if info is not None and read_directly else ""
+                if info is not None and not read_directly and copies_whole_source(metadata, window, info.size):
+                    with steps("copy_source"):
+                        local_copy = copy_source(
+                            storage,
+                            source.container,
+                            source.blob,
+                            Path(work) / "source.tif",
+                            size=info.size,
+                            etag=info.etag,
+                        )
+                with open_raster(str(local_copy) if local_copy else path) as dataset:
                     convert_from, staged_because = window_source(
                         dataset,
                         path,
@@ -209,15 +230,28 @@ def convert_tile(
                         Path(work),
                         nodata_as_mask=lossy_with_nodata,
                         read_directly=read_directly,
+                        local_copy=local_copy,
                     )
+                if local_copy is not None and convert_from != local_copy:
+                    local_copy.unlink()  # staged from the copy: free the disk now
+                    local_copy = None
             # GDAL writes the COG front to back, so its blocks are uploaded while it writes; the blob
             # appears (or is replaced) only at commit(), after validation. Leaving early commits nothing.
             with storage.upload_while_written(
                 output.container, output.blob, cog, content_type=COG_MEDIA_TYPE
             ) as upload:
                 with steps("convert"):
-                    direct = staged_because is None
-                    convert_window(storage, convert_from, cog, options, dtype=metadata.dtype, path=path, direct=direct)
+                    direct = staged_because is None and local_copy is None
+                    convert_window(
+                        storage,
+                        convert_from,
+                        cog,
+                        options,
+                        dtype=metadata.dtype,
+                        path=path,
+                        direct=direct,
+                        local_copy=local_copy is not None,
+                    )
                 convert_from.unlink()
                 with steps("validate"):
                     problems = cog_problems(cog)
@@ -226,7 +260,7 @@ def convert_tile(
                     with rasterio.open(cog) as written:
                         tile_metadata = inspect_dataset(written)
                 with steps("upload_after_write"):
-                    if staged_because is None:  # GDAL opened the source again by name
+                    if direct:  # GDAL opened the source again by name
                         check_source_unchanged(storage, source.container, source.blob, etag)
                     uploaded = upload.commit()
         finally:
@@ -245,7 +279,8 @@ def convert_tile(
         "process_id": os.getpid(),
         "seconds": steps.seconds,
         "upload_blocks": upload_blocks,
-        "staged_because": staged_because,  # None: the COG driver read the source directly (read_directly)
+        "staged_because": staged_because,  # None: converted from the blob's copy or (read_directly) the blob
+        "source_read": "local copy" if local_copy is not None else "vrt" if staged_because is None else "staged",
     }
 
 
