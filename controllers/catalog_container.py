@@ -72,6 +72,7 @@ class CatalogContainerController(JobController[CatalogContainerParameters]):
     @classmethod
     def from_settings(cls, settings: Settings, storage: BlobStorage, database: Database) -> CatalogContainerController:
         controller = cls(storage, database, max_tasks_per_stage=settings.max_tasks_per_stage)
+        controller._ownership = CollectionOwnership(database, settings.collection_writer_lease_seconds)
         controller.pgstac_enabled = settings.pgstac_enabled
         controller.parameters_model = deployment_parameters_model(cls.parameters_model, settings)
         return controller

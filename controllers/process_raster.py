@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controllers.collection_ownership import CollectionOwnership, Owner
+from controllers.collection_ownership import DEFAULT_WRITER_LEASE_SECONDS, CollectionOwnership, Owner
 from controllers.container_defaults import with_default_containers
 from controllers.process_raster_parameters import ProcessRasterParameters, output_options, unquoted_etag
 from controllers.source_version import pin_source_etag
@@ -57,7 +57,7 @@ from services.raster.pipeline import (
     tile_blob,
     validate_source,
 )
-from services.raster.tiling import TaskMemoryModel, TileWindow, TilingError, plan_tiles
+from services.raster.tiling import TaskMemoryModel, TileWindow, TilingError, plan_tiles, warp_scale_of
 from services.stac.pgstac_loader import publish_catalog_to_pgstac
 
 SOURCE_KEY = "source"
@@ -70,12 +70,15 @@ class RasterJobOptions:
     gdal_threads: int = 2
     conversions_per_process: int = 1
     read_directly: bool = False  # RASTER_READ_DIRECTLY: convert windows without a local staging copy
+    # A tile that is the whole source is converted from a local copy of the blob (services/raster/convert.py).
+    copy_whole_source: bool = True
     default_container: str = "bronze"
     default_output_container: str = "silver"
     max_tasks_per_stage: int = DEFAULT_MAX_TASKS_PER_STAGE  # most tiles (cog tasks) one job may plan
     # Containers a job may read and write (INPUT_CONTAINERS / OUTPUT_CONTAINERS); None: any.
     readable_containers: tuple[str, ...] | None = None
     writable_containers: tuple[str, ...] | None = None
+    writer_lease_seconds: float = DEFAULT_WRITER_LEASE_SECONDS  # COLLECTION_WRITER_LEASE_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings, storage: BlobStorage) -> RasterJobOptions:
@@ -93,6 +96,7 @@ class RasterJobOptions:
             max_tasks_per_stage=settings.max_tasks_per_stage,
             readable_containers=settings.readable_containers,
             writable_containers=settings.writable_containers,
+            writer_lease_seconds=settings.collection_writer_lease_seconds,
         )
 
 
@@ -105,7 +109,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         self._options = options
         # Collection ownership and output supersession (collection_owners); without a database
         # (unit tests of the handlers) nothing is claimed.
-        self._ownership = CollectionOwnership(database) if database is not None else None
+        self._ownership = CollectionOwnership(database, options.writer_lease_seconds) if database is not None else None
         self._db = database
         self.pgstac_enabled = False  # PGSTAC_ENABLED (from_settings): whether `pgstac: true` is accepted
         # One per process in practice (the container builds the registry once): bounds how many
@@ -227,6 +231,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
                 self._options.memory,
                 tile_side=params.tile_size,
                 max_tiles=self._options.max_tasks_per_stage,
+                warp_scale=warp_scale_of(metadata.warp),  # a warped tile also holds GDAL's warp buffer
             )
         except TilingError as exc:
             raise PermanentTaskError(str(exc)) from exc
@@ -240,7 +245,11 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             "overview_resampling": self.cog_options(params, metadata).overview_resampling,
             "tiles": [tile.to_dict() for tile in tiles],
             "estimated_task_peak_bytes": self._options.memory.tile_peak_bytes(
-                largest.width, largest.height, metadata.count, metadata.itemsize
+                largest.width,
+                largest.height,
+                metadata.count,
+                metadata.itemsize,
+                warp_scale=warp_scale_of(metadata.warp),
             ),
             "memory_budget_bytes": self._options.memory.budget_bytes,
             "supersedes": supersedes,
@@ -250,6 +259,8 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
         params = ctx.job_parameters
         metadata = RasterMetadata.from_dict(ctx.parameters["metadata"])
         self.check_source_version(params)
+        if self._ownership is not None:  # still the writer; its lease (COLLECTION_WRITER_LEASE_SECONDS) starts again
+            self._ownership.renew(params.output_container, params.resolved_collection_id, ctx.job_id)
         result = convert_tile(
             self._storage,
             params.source,
@@ -259,6 +270,7 @@ class ProcessRasterController(JobController[ProcessRasterParameters]):
             self.cog_options(params, metadata),
             conversion_slots=self._conversion_slots,
             read_directly=self._options.read_directly,
+            copy_whole_source=self._options.copy_whole_source,
         )
         # Replaced while GDAL read it (every read is uncached, see BlobStorage.gdal_options): the
         # committed tile may mix versions, and the job fails saying so.

@@ -47,6 +47,12 @@ from controllers.process_rasters_plan import (
     plan_convert_tasks,
 )
 from controllers.process_rasters_report import FileTally, publish_collection
+from controllers.process_rasters_retry import (
+    PUBLISHED_KEY,
+    convert_failed_files,
+    is_retry,
+    mark_report_failed,
+)
 from repositories.blob_storage import BlobStorage
 from repositories.database import Database
 from schemas.errors import InstanceBusyError, PermanentTaskError
@@ -62,7 +68,7 @@ from services.raster.pipeline import (
     tile_blob,
     validate_source,
 )
-from services.raster.tiling import TileWindow, TilingError, plan_tiles
+from services.raster.tiling import TileWindow, TilingError, plan_tiles, warp_scale_of
 
 LIST_KEY, CATALOG_KEY, REPORT_KEY = "list", "catalog", "report"
 INSPECT_THREADS = 8  # files of one chunk validated at once (a few range reads each)
@@ -96,7 +102,7 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
         self._storage = storage
         self._db = database
         self._options = options
-        self._ownership = CollectionOwnership(database)
+        self._ownership = CollectionOwnership(database, options.writer_lease_seconds)
         # Shared with process_raster (registry): one process converts at most N files/tiles at once.
         self._slots = conversion_slots or threading.BoundedSemaphore(options.conversions_per_process)
         self.parameters_model = with_default_containers(
@@ -186,6 +192,7 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
                 self._options.memory,
                 tile_side=params.tile_size,
                 max_tiles=self._options.max_tasks_per_stage,
+                warp_scale=warp_scale_of(metadata.warp),  # a warped tile also holds GDAL's warp buffer
             )
         except (PermanentTaskError, TilingError) as exc:
             return {**record, "error": one_line(exc)}
@@ -256,6 +263,8 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
 
     def convert(self, ctx: TaskContext[ProcessRastersParameters]) -> dict[str, Any]:
         params = ctx.job_parameters
+        # Still the writer (a stuck job's lapsed lease lets another take over); its lease starts again.
+        self._ownership.renew(params.output_container, params.resolved_collection_id, ctx.job_id)
         records = FileRecords(self._db, ctx.job_id)
         chunks: dict[str, list[dict[str, Any]]] = {}
 
@@ -304,19 +313,43 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
         return self.catalog(ctx)
 
     def catalog(self, ctx: TaskContext[ProcessRastersParameters]) -> dict[str, Any]:
-        params = ctx.job_parameters
         self.take_over(ctx)  # still the writer
+        return {**self.publish(ctx), "job_id": ctx.job_id}
+
+    def publish(self, ctx: TaskContext[ProcessRastersParameters]) -> dict[str, Any]:
+        """The collection from the job's records; its summary is also kept for the finalizer."""
+        params, records = ctx.job_parameters, FileRecords(self._db, ctx.job_id)
         tally = FileTally()
-        published = publish_collection(self._storage, params, tally, FileRecords(self._db, ctx.job_id))
+        published = publish_collection(self._storage, params, tally, records)
         if published is None:
             raise PermanentTaskError(f"no file under {params.listing_label} was converted: {tally.summary()}")
-        return {**published, "files": tally.counts(), "failed_files": tally.failed}
+        summary = {**published, "files": tally.counts(), "failed_files": tally.failed}
+        records.save_note(PUBLISHED_KEY, summary)
+        return summary
 
     def report(self, ctx: TaskContext[ProcessRastersParameters]) -> dict[str, Any]:
-        tally = FileTally.scan(FileRecords(self._db, ctx.job_id))
-        if tally.failed_count:
+        """Fails with the per-file reasons when files failed; run again by a retry of the job, it
+        first converts the failed files again (controllers/process_rasters_retry.py)."""
+        params, records = ctx.job_parameters, FileRecords(self._db, ctx.job_id)
+        tally = FileTally.scan(records)
+        if not tally.failed_count:
+            return {"files": tally.counts()}
+        if not is_retry(records):
+            mark_report_failed(records, tally.failed_count)
             raise PermanentTaskError(tally.summary())
-        return {"files": tally.counts()}
+        self.take_over(ctx)  # still the writer
+        with self.conversion_slot():
+            retried = convert_failed_files(
+                records,
+                tally.failed_names,
+                inspect=lambda blob: self.inspect_file(params, blob),
+                convert=lambda record, window: self.convert_file(params, record, window),
+            )
+        summary = self.publish(ctx)
+        ctx.logger.info("retry: %s; now %s", retried, summary["files"])
+        if summary["files"]["failed"]:
+            raise PermanentTaskError(FileTally.scan(records).summary())
+        return {"files": summary["files"], **retried}
 
     # --- fan-out and fan-in -------------------------------------------------------------------
 
@@ -348,6 +381,8 @@ class ProcessRastersController(JobController[ProcessRastersParameters]):
         if catalog is None:
             reason = outcome.failed_by_stage.get("catalog", {}).get(CATALOG_KEY, "the catalog task did not complete")
             raise PermanentTaskError(reason)
+        if "job_id" in catalog:  # a retried report may have published the collection again since
+            catalog = FileRecords(self._db, catalog["job_id"]).note(PUBLISHED_KEY) or catalog
         listed = outcome.results_by_stage.get("list", {}).get(LIST_KEY, {})
         return {
             "source": {"container": params.container, "prefix": params.prefix, "suffix": params.suffix},

@@ -266,6 +266,32 @@ class FileRecords:
             repo.insert_blob_chunk(self.job_id, key, [{"task": task_key}])
             repo.save_blob_chunk_results(self.job_id, key, records)
 
+    def save_inspection(self, chunk: str, records: list[dict[str, Any]]) -> None:
+        """Replace a listing chunk's inspection records (a retry inspected some files again)."""
+        with self.db.transaction() as repo:
+            repo.save_blob_chunk_results(self.job_id, chunk, records)
+
+    def drop_outputs(self, names: set[str]) -> None:
+        """Forget every output record of the files ``names`` (a retry converts them again)."""
+        for key, row in self.iter_rows(OUTPUT_ROW_PREFIX):
+            kept = [output for output in row["results"] or [] if output["name"] not in names]
+            if len(kept) != len(row["results"] or []):
+                with self.db.transaction() as repo:
+                    repo.save_blob_chunk_results(self.job_id, key, kept)
+
+    def save_note(self, key: str, note: dict[str, Any]) -> None:
+        """A row of its own (no listing chunk, no output row) holding one JSON object."""
+        with self.db.transaction() as repo:
+            repo.insert_blob_chunk(self.job_id, key, [])
+            repo.save_blob_chunk_results(self.job_id, key, [note])
+
+    def note(self, key: str) -> dict[str, Any] | None:
+        row = self.row(key)
+        if row is None or not row["results"]:
+            return None
+        note: dict[str, Any] = row["results"][0]
+        return note
+
     def outputs(self) -> Iterator[dict[str, Any]]:
         for _key, row in self.iter_rows(OUTPUT_ROW_PREFIX):
             yield from row["results"] or []

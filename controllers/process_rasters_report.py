@@ -20,7 +20,7 @@ from repositories.blob_storage import BlobStorage
 from services.inventory.catalog import item_id_for, publish_in_place_catalog
 from services.inventory.chunks import CHUNK_KEY_PREFIX
 from services.raster.inspect import RasterMetadata
-from services.raster.pipeline import CATALOG_FILES, MOSAIC_NAME, remove_stale_outputs
+from services.raster.pipeline import CATALOG_FILES, MOSAIC_NAME, TILE_FILES, remove_stale_outputs
 from services.raster.tiling import TileWindow
 from services.raster.vrt import VRT_MEDIA_TYPE, MosaicTile, mosaic_vrt
 from services.stac.builder import AssetFile, build_item
@@ -45,6 +45,11 @@ class FileTally:
         self.failed_count += 1
         if len(self.failed) < MAX_LISTED_FAILURES:
             self.failed.append({"name": name, "reason": reason})
+
+    @property
+    def failed_names(self) -> set[str]:
+        """Every failed file (``failed`` names only the first MAX_LISTED_FAILURES)."""
+        return set(self._failed_names)
 
     def converted_files(self, records: FileRecords) -> Iterator[list[dict[str, Any]]]:
         """The outputs of each converted file (a list: its tiles), counting every file on the way."""
@@ -110,11 +115,15 @@ def publish_collection(
     storage: BlobStorage, params: ProcessRastersParameters, tally: FileTally, records: FileRecords
 ) -> dict[str, Any] | None:
     """One Item per output COG (a tiled file: one per tile, and a mosaic VRT beside its tiles) in one
-    self-contained collection; item files an earlier run wrote and this one did not are removed.
+    self-contained collection. Then what an earlier run wrote and this one did not is removed: item
+    files of the collection, and in each converted file's tile folder the tiles (and mosaic) of an
+    earlier tiling. Both folders belong to this collection's owner alone (output paths are injective
+    in source, options and collection); only direct children named as this job names its files go.
     None (nothing written) when no file was converted."""
     collection_id = params.resolved_collection_id
     written = {"cogs": 0, "cog_bytes": 0}
     keep: set[str] = set()
+    folders: set[str] = set()  # each converted file's tile folder
     mosaics: list[dict[str, str]] = []
 
     def items() -> Iterator[dict[str, Any]]:
@@ -138,8 +147,11 @@ def publish_collection(
                 written["cog_bytes"] += int(cog["bytes"])
                 keep.add(f"stac/{collection_id}/{item_id}/{item_id}.json")
                 yield item.to_dict(include_self_link=False, transform_hrefs=False)
+            keep.update(output["cog"]["blob"] for output in outputs)
+            folders.add(posixpath.dirname(outputs[0]["cog"]["blob"]) + "/")
             if len(outputs) > 1:
                 mosaics.append(write_mosaic(storage, params.output_container, outputs))
+                keep.add(mosaics[-1]["blob"])
 
     published = publish_in_place_catalog(
         storage,
@@ -152,8 +164,26 @@ def publish_collection(
     if published is None:
         return None
     keep.add(published["collection"]["blob"])
-    removed = remove_stale_outputs(storage, params.output_container, [(f"stac/{collection_id}/", CATALOG_FILES)], keep)
+    catalog = [(f"stac/{collection_id}/", CATALOG_FILES)]
+    removed = remove_stale_outputs(storage, params.output_container, catalog, keep)
+    removed += remove_stale_tiles(storage, params.output_container, folders, keep)
     return {**published, **written, "mosaic_vrts": mosaics, "removed_stale": removed}
+
+
+def remove_stale_tiles(storage: BlobStorage, container: str, folders: set[str], keep: set[str]) -> int:
+    """Delete the tiles and mosaic of an earlier tiling in ``folders`` (this job's tile folders) that
+    are not in ``keep``: one listing under the folders' common prefix, whatever their number; a blob
+    outside the folders (another source's or other options' folder), deeper than their direct
+    children, or not named as this job names its files, is never touched."""
+    if not folders:
+        return 0
+    common = posixpath.commonprefix(sorted(folders))
+    removed = 0
+    for blob in storage.list_blobs(container, common[: common.rfind("/") + 1]):
+        folder, _, name = blob.name.rpartition("/")
+        if folder + "/" in folders and blob.name not in keep and TILE_FILES.match(name):
+            removed += storage.delete(container, blob.name)
+    return removed
 
 
 def write_mosaic(storage: BlobStorage, container: str, tiles: list[dict[str, Any]]) -> dict[str, str]:

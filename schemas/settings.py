@@ -178,6 +178,12 @@ class Settings(BaseSettings):
     # staging it to local disk first, where nothing requires the copy (services/raster/convert.py).
     # Off by default: against Azurite on one small machine it measured 1.06-1.26x slower.
     raster_read_directly: bool = False
+    # A STAC collection's ownership lapses this long after its writer job last renewed it (conversion
+    # tasks of process_raster and process_rasters renew it; every writer when it starts and finishes
+    # writing) or after a submission claimed it without writing: another owner (409 until then) or a
+    # newer writer may take it over. Ownership held by a job that is no longer running lapses at once.
+    # Default: two functionTimeouts (30 min each), the longest a live writer's task can run.
+    collection_writer_lease_seconds: float = Field(default=3600.0, ge=60)
     # Most tasks one stage of a job may fan out to (process_raster tiles, listing jobs' chunks): a
     # job that would need more fails at planning with a one-line reason naming what to raise.
     max_tasks_per_stage: int = Field(default=DEFAULT_MAX_TASKS_PER_STAGE, ge=1, le=100_000)

@@ -157,6 +157,7 @@ var appSettings = {
   GDAL_THREADS: '2'
   RASTER_CONVERSIONS_PER_PROCESS: '1'
   RASTER_READ_DIRECTLY: 'false'
+  COLLECTION_WRITER_LEASE_SECONDS: '3600'
   MAX_TASKS_PER_STAGE: '10000'
   LOG_LEVEL: logLevel
   // Telemetry, sent with the identity's Entra token (Application Insights local auth is off).

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 COG_BLOCK_SIZE = 512
 MIB = 1024 * 1024
@@ -28,6 +30,16 @@ MIB = 1024 * 1024
 # warped VRTs of services/raster/warp.py keep.
 WARP_MEMORY_LIMIT_BYTES = 64 * MIB
 WarpScale = tuple[float, float]
+
+
+def warp_scale_of(warp: Mapping[str, Any] | None) -> WarpScale | None:
+    """The scale of a warped source (its metadata's ``warp`` record, services/raster/warp.py) for
+    ``plan_tiles(warp_scale=…)`` / ``TaskMemoryModel.tile_peak_bytes``; None for an unwarped source.
+    A warp record without a scale counts as scale 1 (the warper's buffer is still there)."""
+    if not warp:
+        return None
+    scale = warp.get("scale") or (1.0, 1.0)
+    return (float(scale[0]), float(scale[1]))
 
 
 class TilingError(ValueError):

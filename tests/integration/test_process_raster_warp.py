@@ -35,14 +35,16 @@ from repositories.blob_storage import BlobStorage
 from schemas.settings import Settings
 from services.container import ServiceContainer
 from services.raster.cog import cog_problems
+from services.raster.inspect import RasterMetadata
 from services.raster.tiling import TaskMemoryModel
 from tests.support import rasters
 from tests.support.engine import QueuePump, job_is_terminal, make_settings, sql
 
 pytestmark = pytest.mark.integration
 
-# 1024x1024 x 2 bands x 2 bytes per task (no worker baseline): the web-optimized RGB is cut into tiles.
-BUDGET = TaskMemoryModel(budget_bytes=0, worker_baseline_bytes=0).tile_peak_bytes(1024, 1024, 2, 2)
+# 1024x1024 x 2 bands x 2 bytes per task (no worker baseline), plus GDAL's warp buffer for a 1024-wide
+# strip at scale 1 (tile planning counts it for warped sources): the web-optimized RGB is cut into tiles.
+BUDGET = TaskMemoryModel(budget_bytes=0, worker_baseline_bytes=0).tile_peak_bytes(1024, 1024, 2, 2, warp_scale=(1, 1))
 BILINEAR_TOLERANCE = 1.0  # data units; see the module docstring (measured: 0)
 EDGE_MISMATCH = 0.0  # share of pixels whose validity may differ (measured: 0)
 
@@ -276,6 +278,30 @@ def test_stac_items_describe_the_output_grid(
     if name == "web_optimized":
         assert status["result"]["tiles"] > 1  # the plan tiled the (larger) target grid
         assert status["result"]["outputs"]["mosaic_vrt"] is not None
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_warped_tile_fits_the_budget_with_the_warp_buffer(
+    name: str, warped: dict[str, tuple[Path, dict[str, Any]]], settings: Settings, storage: BlobStorage
+) -> None:
+    """Tile planning counts GDAL's warp buffer (services/raster/tiling.py): every planned tile's
+    estimate, warp buffer included, is within the budget, and the plan reports that estimate."""
+    _, status = warped[name]
+    assert status["status"] == "completed", status["error"]
+    [(plan,)] = sql(settings, "SELECT result FROM tasks WHERE job_id = %s AND stage = 2", (status["job_id"],))
+    metadata = RasterMetadata.from_dict(plan["metadata"])
+    assert metadata.warp is not None, "every case is warped"
+    scale = (metadata.warp["scale"][0], metadata.warp["scale"][1])
+    model = TaskMemoryModel(BUDGET, worker_baseline_bytes=0, upload_buffer_bytes=storage.upload_buffer_bytes)
+    count, itemsize = metadata.count, metadata.itemsize
+    estimates = [
+        model.tile_peak_bytes(t["width"], t["height"], count, itemsize, warp_scale=scale) for t in plan["tiles"]
+    ]
+    assert max(estimates) <= BUDGET, (name, plan["tiles"])
+    assert plan["estimated_task_peak_bytes"] == max(estimates)
+    largest = max(plan["tiles"], key=lambda t: t["width"] * t["height"])
+    unwarped = model.tile_peak_bytes(largest["width"], largest["height"], count, itemsize)
+    assert plan["estimated_task_peak_bytes"] > unwarped, "the warp buffer is counted"
 
 
 def test_warp_never_still_refuses_with_the_reason(

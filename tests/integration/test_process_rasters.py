@@ -253,14 +253,23 @@ def test_bad_parameters_are_a_400_naming_the_field(container: ServiceContainer) 
         assert field in json.dumps(raised.value.details), (body, raised.value.details)
 
 
-def test_the_collection_has_one_owner(bulk: dict[str, Any], container: ServiceContainer) -> None:
+def test_the_collection_has_one_owner_at_a_time(
+    bulk: dict[str, Any], container: ServiceContainer, sources: tuple[str, dict[str, Path]]
+) -> None:
+    """The bulk job completed: its collection is free for another owner, whose submission then holds
+    it (a 409 for anyone else, naming the holder and until when) until it has written it."""
     collection_id = bulk["result"]["outputs"]["collection"]["blob"].split("/")[1]
-    with pytest.raises(ConflictError) as raised:
-        container.job_service.submit("process_raster", {"blob_name": "x.tif", "collection_id": collection_id})
-    assert "process_rasters of bronze/" in json.dumps(raised.value.details)
-    with pytest.raises(ConflictError):  # the same prefix with other options: another owner
+    container.job_service.submit("process_raster", {"blob_name": "x.tif", "collection_id": collection_id})
+    with pytest.raises(ConflictError) as raised:  # other options: another owner
         container.job_service.submit(
             "process_rasters", {"prefix": "elsewhere/", "collection_id": collection_id, "compression": "lzw"}
+        )
+    message = json.dumps(raised.value.details)
+    assert "process_raster of bronze/x.tif (claimed until 20" in message and "collection_id" in message
+    run, _ = sources
+    with pytest.raises(ConflictError):  # the bulk job's own owner too, now
+        container.job_service.submit(
+            "process_rasters", {"prefix": run, "max_files_per_task": MAX_FILES, "chunk_size": 4, "replace": True}
         )
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 import secrets
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ import pytest
 from controllers.collection_ownership import CollectionOwnership, Owner
 from devstack.postgres import PostgresDatabase
 from repositories.blob_storage import BlobStorage
-from schemas.errors import ConflictError, InstanceBusyError
+from schemas.errors import ConflictError, InstanceBusyError, PermanentTaskError
 from schemas.settings import Settings
 from services.container import ServiceContainer
 from tests.support import rasters
@@ -207,3 +210,105 @@ def test_a_writer_waits_for_a_running_writer_then_supersedes_it(
     assert result["superseded_by"] == newer and result["superseded_at"] and result["outputs"] == {}
     [(writer,)] = sql(settings, "SELECT writer_job_id FROM collection_owners WHERE collection_id = %s", (collection,))
     assert writer == newer
+
+
+def hello_job(container: ServiceContainer, settings: Settings, message: str, status: str) -> str:
+    job_id = container.job_service.submit("hello_world", {"n": 1, "message": message}).job.job_id
+    execute(settings, "UPDATE jobs SET status = %s, result = '{}' WHERE job_id = %s", (status, job_id))
+    return job_id
+
+
+@pytest.mark.parametrize("ended", ["completed", "failed", "cancelled"])
+def test_a_collection_whose_writer_ended_is_taken_over_by_another_owner(
+    container: ServiceContainer, settings: Settings, folder: str, ended: str
+) -> None:
+    ownership = CollectionOwnership(container.db, lease_seconds=600)
+    first, second = Owner(f"test:{folder}:a", "owner a"), Owner(f"test:{folder}:b", "owner b")
+    collection = f"{folder}-ended"
+    writer = hello_job(container, settings, f"{folder} writer", "processing")
+    ownership.claim_at_submission("silver", collection, first)
+    assert ownership.take_over("silver", collection, first, writer) is None
+    execute(settings, "UPDATE jobs SET status = %s WHERE job_id = %s", (ended, writer))
+    ownership.claim_at_submission("silver", collection, second)  # no 409: the writer no longer runs
+    [(owner_key,)] = sql(settings, "SELECT owner_key FROM collection_owners WHERE collection_id = %s", (collection,))
+    assert owner_key == second.key
+    newer = hello_job(container, settings, f"{folder} newer", "processing")
+    assert ownership.take_over("silver", collection, second, newer) == writer
+    with pytest.raises(ConflictError):  # and now the new owner holds it
+        ownership.claim_at_submission("silver", collection, first)
+
+
+def test_a_writer_stuck_in_processing_holds_the_collection_until_its_lease_lapses(
+    container: ServiceContainer, settings: Settings, folder: str
+) -> None:
+    ownership = CollectionOwnership(container.db, lease_seconds=600)
+    stuck_owner, next_owner = Owner(f"test:{folder}:a", "owner a"), Owner(f"test:{folder}:b", "owner b")
+    collection = f"{folder}-stuck"
+    stuck = hello_job(container, settings, f"{folder} stuck", "processing")
+    ownership.claim_at_submission("silver", collection, stuck_owner)
+    ownership.take_over("silver", collection, stuck_owner, stuck)
+    [(written_at,)] = sql(settings, "SELECT written_at FROM collection_owners WHERE collection_id = %s", (collection,))
+    until = (written_at + timedelta(seconds=600)).isoformat(timespec="seconds")
+    with pytest.raises(ConflictError) as refused:
+        ownership.claim_at_submission("silver", collection, next_owner)
+    [detail] = refused.value.details
+    assert detail["field"] == "collection_id"
+    assert f"belongs to owner a (held by job {stuck} (processing) until {until})" in detail["message"]
+    same_owner_job = hello_job(container, settings, f"{folder} same owner", "processing")
+    with pytest.raises(InstanceBusyError, match=re.escape(f"its lease ends {until})")):
+        ownership.take_over("silver", collection, stuck_owner, same_owner_job)
+
+    execute(  # the stuck writer's lease lapses (it renews no more)
+        settings,
+        "UPDATE collection_owners SET written_at = now() - interval '601 seconds', "
+        "claimed_at = now() - interval '602 seconds' WHERE collection_id = %s",
+        (collection,),
+    )
+    ownership.claim_at_submission("silver", collection, next_owner)
+    taker = hello_job(container, settings, f"{folder} taker", "processing")
+    assert ownership.take_over("silver", collection, next_owner, taker) == stuck
+    with pytest.raises(PermanentTaskError, match=f"job {stuck} is no longer the writer"):
+        ownership.renew("silver", collection, stuck)  # the stuck job, should it wake up, stops
+    ownership.renew("silver", collection, taker)
+
+
+def test_a_submission_that_has_not_written_holds_the_collection_for_the_lease(
+    container: ServiceContainer, settings: Settings, folder: str
+) -> None:
+    ownership = CollectionOwnership(container.db, lease_seconds=600)
+    collection = f"{folder}-pending"
+    ownership.claim_at_submission("silver", collection, Owner(f"test:{folder}:a", "owner a"))
+    with pytest.raises(ConflictError) as refused:
+        ownership.claim_at_submission("silver", collection, Owner(f"test:{folder}:b", "owner b"))
+    assert "belongs to owner a (claimed until " in refused.value.details[0]["message"]
+    execute(
+        settings,
+        "UPDATE collection_owners SET claimed_at = now() - interval '601 seconds' WHERE collection_id = %s",
+        (collection,),
+    )
+    ownership.claim_at_submission("silver", collection, Owner(f"test:{folder}:b", "owner b"))
+
+
+def test_concurrent_claims_of_a_free_collection_leave_exactly_one_owner(
+    container: ServiceContainer, settings: Settings, folder: str
+) -> None:
+    ownership = CollectionOwnership(container.db, lease_seconds=600)
+    collection = f"{folder}-race"
+    ended = hello_job(container, settings, f"{folder} ended", "processing")
+    ownership.claim_at_submission("silver", collection, Owner(f"test:{folder}:old", "old owner"))
+    ownership.take_over("silver", collection, Owner(f"test:{folder}:old", "old owner"), ended)
+    execute(settings, "UPDATE jobs SET status = 'completed' WHERE job_id = %s", (ended,))
+    owners = [Owner(f"test:{folder}:{n}", f"owner {n}") for n in range(8)]
+
+    def claim(owner: Owner) -> bool:
+        try:
+            ownership.claim_at_submission("silver", collection, owner)
+        except ConflictError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        won = [owner for owner, ok in zip(owners, pool.map(claim, owners), strict=True) if ok]
+    assert len(won) == 1, won
+    [(owner_key,)] = sql(settings, "SELECT owner_key FROM collection_owners WHERE collection_id = %s", (collection,))
+    assert owner_key == won[0].key

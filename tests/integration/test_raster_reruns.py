@@ -4,6 +4,7 @@ source replaced after submission fails the job instead of being mixed with the o
 
 from __future__ import annotations
 
+import posixpath
 import secrets
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,23 @@ def test_a_source_missing_at_submission_is_a_job_that_fails_in_validate(
     uploaded = submit(container, {"blob_name": blob})
     assert uploaded.created and uploaded.job.job_id != missing.job.job_id
     assert run(container, uploaded.job.job_id)["status"] == "completed"
+
+
+def test_a_replaced_source_that_tiles_differently_leaves_no_stale_tile(
+    container: ServiceContainer, storage: BlobStorage, blob: str, tmp_path: Path
+) -> None:
+    """A new etag is a new job writing the same paths: after it, its folder holds only its own tiles
+    and its STAC items describe exactly them (the old 3x3 layout's extra tiles are deleted)."""
+    upload(storage, blob, rasters.large_for_tiling(tmp_path / "old.tif"))  # 1300x1100: 3x3 tiles of 512
+    old = run(container, submit(container, {"blob_name": blob, "tile_size": 512}).job.job_id)
+    assert old["status"] == "completed", old["error"]
+    assert len(old["result"]["outputs"]["cogs"]) == 9
+    folder = posixpath.dirname(old["result"]["outputs"]["cogs"][0]["blob"]) + "/"
+    upload(storage, blob, rasters.large_for_tiling(tmp_path / "new.tif", 900, 700))  # 2x2 tiles of 512
+    new = run(container, submit(container, {"blob_name": blob, "tile_size": 512}).job.job_id)
+    assert new["status"] == "completed", new["error"]
+    written = {cog["blob"] for cog in new["result"]["outputs"]["cogs"]}
+    assert len(written) == 4 and {posixpath.dirname(b) + "/" for b in written} == {folder}
+    there = {b.name for b in storage.list_blobs("silver", folder)}
+    assert there == written | {folder + "mosaic.vrt"}
+    assert len(new["result"]["outputs"]["stac_items"]) == 4

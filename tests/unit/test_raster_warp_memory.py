@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.raster.tiling import MIB, WARP_MEMORY_LIMIT_BYTES, TaskMemoryModel, plan_tiles
+from services.raster.tiling import MIB, WARP_MEMORY_LIMIT_BYTES, TaskMemoryModel, plan_tiles, warp_scale_of
 
 MODEL = TaskMemoryModel(budget_bytes=1024 * MIB, worker_baseline_bytes=320 * MIB)
 
@@ -29,3 +29,9 @@ def test_warped_tiles_are_planned_smaller_when_the_buffer_does_not_fit() -> None
     warped = plan_tiles(side, side, 1, 4, MODEL, warp_scale=(1.0, 1.0))
     assert len(warped) > 1
     assert all(MODEL.fits(t.width, t.height, 1, 4, warp_scale=(1.0, 1.0)) for t in warped)
+
+
+def test_the_warp_scale_comes_from_the_metadata_warp_record() -> None:
+    assert warp_scale_of(None) is None and warp_scale_of({}) is None  # not warped
+    assert warp_scale_of({"reason": "rotated", "scale": [1.23, 0.73]}) == (1.23, 0.73)
+    assert warp_scale_of({"reason": "gcps"}) == (1.0, 1.0)  # no scale recorded: the buffer is still counted
