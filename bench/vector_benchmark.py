@@ -57,7 +57,8 @@ VARIANTS: dict[str, dict[str, Any]] = {  # stage_vector parameters of each varia
 }
 
 
-def write_parcels(path: Path, count: int, seed: int = 1) -> Path:
+def write_parcels(path: Path, count: int, seed: int = 1, *, first: int = 0, append: bool = False) -> Path:
+    """``count`` parcels named from ``first`` on; ``append`` adds them to the layer of an existing file."""
     rng = np.random.default_rng(seed)
     cx, cy = rng.uniform(2_500_000, 2_800_000, count), rng.uniform(1_100_000, 1_300_000, count)
     angles = np.linspace(0, 2 * np.pi, 13)[:-1]
@@ -66,7 +67,7 @@ def write_parcels(path: Path, count: int, seed: int = 1) -> Path:
     polygons = shapely.polygons(np.concatenate([ring, ring[:, :1]], axis=1))
     fields = ["name", "category", "area", "population", "built", "active"]
     data = [
-        np.array([f"parcel {i}" for i in range(count)], dtype=object),
+        np.array([f"parcel {i}" for i in range(first, first + count)], dtype=object),
         rng.integers(0, 20, count).astype(np.int32),
         shapely.area(polygons),
         rng.integers(0, 10**6, count).astype(np.int64),
@@ -74,7 +75,9 @@ def write_parcels(path: Path, count: int, seed: int = 1) -> Path:
         rng.integers(0, 2, count).astype(bool),
     ]
     wkb = np.asarray(shapely.to_wkb(polygons), dtype=object)
-    write(path, wkb, data, fields, layer="parcels", driver="GPKG", geometry_type="Polygon", crs="EPSG:2056")
+    write(
+        path, wkb, data, fields, layer="parcels", driver="GPKG", geometry_type="Polygon", crs="EPSG:2056", append=append
+    )
     return path
 
 

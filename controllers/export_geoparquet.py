@@ -64,8 +64,8 @@ class ExportGeoParquetController(VectorJobController[ExportGeoParquetParameters]
     def stage_definitions(self) -> tuple[StageDefinition, ...]:
         return (
             StageDefinition("plan", self.plan),
-            StageDefinition("write", self.write),
-            StageDefinition("assemble", self.assemble),
+            StageDefinition("write", self.in_a_task_slot(self.write)),
+            StageDefinition("assemble", self.in_a_task_slot(self.assemble)),
         )
 
     def schema_of(self, params: ExportGeoParquetParameters) -> str:
@@ -161,6 +161,7 @@ class ExportGeoParquetController(VectorJobController[ExportGeoParquetParameters]
                 uploaded = upload.commit()
             columns = arrow_columns(pq.read_schema(path), geometry)
         release_free_memory()  # glibc keeps freed arenas otherwise: a long-lived worker would ratchet up
+        pa.default_memory_pool().release_unused()  # so does pyarrow's mimalloc (the part's tables)
         result = {"index": index, **uploaded.as_output(), **summary, "geometry_column": geometry, "columns": columns}
         result |= {
             "crs_wkt": crs.to_wkt() if crs is not None else None,
@@ -269,6 +270,7 @@ class ExportGeoParquetController(VectorJobController[ExportGeoParquetParameters]
             target = Path(tmp) / "out.parquet"
             summary = concatenate(target, paths, parts[0]["geometry_column"], crs, params.write_options())
             uploaded = self._storage.upload_file(container, output, target, content_type=MEDIA_TYPE)
+        pa.default_memory_pool().release_unused()  # the row groups read, kept by pyarrow's mimalloc otherwise
         for part in parts:
             self._storage.delete(container, part["blob"])
         return {**uploaded.as_output(), **summary}

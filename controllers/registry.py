@@ -5,6 +5,7 @@ The engine (services/engine/) never imports this module; the composition root
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from controllers.catalog_container import CatalogContainerController
@@ -45,8 +46,9 @@ def default_registry(
             controllers.append(InventoryContainerController.from_settings(settings, storage, database))
             controllers.append(CatalogContainerController.from_settings(settings, storage, database))
             controllers.append(ExtractMetadataController.from_settings(settings, storage, database))
-            controllers.append(StageVectorController.from_settings(settings, storage, database))
-            controllers.append(ExportGeoParquetController.from_settings(settings, storage, database))
+            vector_slots = threading.BoundedSemaphore(settings.vector_tasks_per_process)  # shared by both
+            controllers.append(StageVectorController.from_settings(settings, storage, database, vector_slots))
+            controllers.append(ExportGeoParquetController.from_settings(settings, storage, database, vector_slots))
             controllers.append(ValidateStacController.from_settings(settings, storage, database))
             if settings.pgstac_enabled:  # PGSTAC_ENABLED: pgstac is migrated into this database
                 controllers.append(IngestStacController.from_settings(settings, storage, database))

@@ -64,7 +64,7 @@ class StageVectorController(VectorJobController[StageVectorParameters]):
     def stage_definitions(self) -> tuple[StageDefinition, ...]:
         return (
             StageDefinition("inspect", self.inspect),
-            StageDefinition("load", self.load),
+            StageDefinition("load", self.in_a_task_slot(self.load)),
             StageDefinition("swap", self.swap),
         )
 

@@ -174,6 +174,10 @@ class Settings(BaseSettings):
     # COG conversions one process runs at a time (the others wait), so a process holds at most this
     # many task budgets however many messages the host hands it.
     raster_conversions_per_process: int = Field(default=1, ge=1, le=64)
+    # Memory-heavy vector tasks (stage_vector loads, export_geoparquet writes and assembly; up to
+    # ~0.9 GiB each) one process runs at a time; the others wait a few seconds, then go back to the
+    # queue for an instance with room.
+    vector_tasks_per_process: int = Field(default=1, ge=1, le=64)
     # COG conversions read the source window straight from the blob (a VRT over /vsiaz/) instead of
     # staging it to local disk first, where nothing requires the copy (services/raster/convert.py).
     # Off by default: against Azurite on one small machine it measured 1.06-1.26x slower.
