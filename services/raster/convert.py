@@ -58,19 +58,8 @@ from services.raster.cog import CogOptions, gdal_config, stage_window, write_cog
 from services.raster.gdal_errors import gdal_error
 from services.raster.inspect import RasterMetadata, has_dataset_mask
 from services.raster.tiling import TileWindow
+from services.raster.vrt import GDAL_DATA_TYPES
 from services.raster.warp import staging_pixels
-
-# GDAL's VRT names for the data types inspect.check_size_and_type accepts (SUPPORTED_DTYPES).
-_VRT_TYPES = {
-    "uint8": "Byte",
-    "int8": "Int8",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "float32": "Float32",
-    "float64": "Float64",
-}
 
 
 def needs_staging(dataset: DatasetReader, metadata: RasterMetadata, *, nodata_as_mask: bool) -> str | None:
@@ -80,7 +69,7 @@ def needs_staging(dataset: DatasetReader, metadata: RasterMetadata, *, nodata_as
         return "warped"
     if nodata_as_mask and dataset.nodata is not None:
         return "nodata becomes an internal mask"
-    if dataset.dtypes[0] not in _VRT_TYPES or len(set(dataset.dtypes)) != 1:
+    if dataset.dtypes[0] not in GDAL_DATA_TYPES or len(set(dataset.dtypes)) != 1:
         return f"data type {dataset.dtypes[0]}"
     if dataset.colorinterp[0] is ColorInterp.palette:
         try:
@@ -123,7 +112,7 @@ def window_vrt(dataset: DatasetReader, path: str, window: TileWindow, *, crs: CR
         metadata = ET.SubElement(root, "Metadata")
         for key, value in tags.items():
             ET.SubElement(metadata, "MDI", key=key).text = value
-    vrt_type = _VRT_TYPES[dataset.dtypes[0]]
+    vrt_type = GDAL_DATA_TYPES[dataset.dtypes[0]]
     for index in dataset.indexes:
         band = ET.SubElement(
             root,

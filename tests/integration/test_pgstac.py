@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -31,13 +30,6 @@ def settings(azurite_connection_string: str, postgres_database: PostgresDatabase
     settings = make_settings(azurite_connection_string, postgres_database, pgstac_enabled=True)
     apply_pgstac_migrations(settings.postgres_conninfo())
     return settings
-
-
-@pytest.fixture(scope="module")
-def container(settings: Settings) -> Iterator[ServiceContainer]:
-    services = make_container(settings)
-    yield services
-    services.close()
 
 
 @pytest.fixture(scope="module")
